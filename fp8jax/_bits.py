@@ -1,0 +1,244 @@
+"""The one integer kernel: round a float's bits onto another format's grid.
+
+Every conversion in fp8jax, encoding (bfloat16/float16/float32 -> a small
+format) and decoding (a small format -> bfloat16/float16/float32), is this
+kernel with a different pair of layouts. It works on uint32 bit patterns
+and never does float arithmetic on a value, so backends that flush
+subnormals (XLA:CPU does) give the same bits as those that don't.
+
+Outline, for one element:
+  1. split the source bits into sign, exponent and mantissa (with the hidden
+     bit), normalising source subnormals where the target needs it;
+  2. optionally multiply or divide by a float32 scale: the exponents add as
+     integers and only the mantissas meet in a float32 product of two normal
+     numbers, rounded once to 24 bits;
+  3. shift the mantissa onto the target grid (one more right shift per step
+     below the target's smallest normal exponent) and round it;
+  4. add the biased exponent, so that a rounding carry moves into the
+     exponent by plain integer addition;
+  5. apply the overflow policy and the special values of the target.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fp8jax import _layout
+from fp8jax._layout import Layout
+
+NEAREST = "nearest"
+TOWARD_ZERO = "toward_zero"
+STOCHASTIC = "stochastic"
+ROUNDINGS = (NEAREST, TOWARD_ZERO, STOCHASTIC)
+
+SATURATE = "saturate"
+SATFINITE = "satfinite"
+IEEE = "ieee"
+OVERFLOWS = (SATURATE, SATFINITE, IEEE)
+
+# Bits of randomness drawn per element for stochastic rounding.
+RANDOM_BITS = 32
+
+_F32_MANTISSA_BITS = 23
+_F32_BIAS = 127
+# A float32 result at or above 2^128 is infinite.
+_F32_OVERFLOW_EXPONENT = 128
+
+_u32 = jnp.uint32
+_i32 = jnp.int32
+
+
+def _unpack(bits: jax.Array, src: Layout, normalize: bool):
+  """Splits uint32 codes into (sign, exponent, mantissa, is_nan, is_inf, is_zero).
+
+  The value of a finite code is `mantissa * 2**(exponent - bias - M)` with
+  M = src.mantissa_bits; `mantissa` carries the hidden bit at position M for
+  normal values, and for subnormals too when `normalize` is set.
+  """
+  m = src.mantissa_bits
+  bits = bits & _u32((1 << src.bits) - 1)
+  if src.signed:
+    sign = (bits >> (src.bits - 1)) & _u32(1)
+  else:
+    sign = jnp.zeros_like(bits)
+  mag = bits & _u32(src.magnitude_mask)
+  exp = (mag >> m).astype(_i32)
+  frac = mag & _u32((1 << m) - 1)
+
+  false = jnp.zeros(bits.shape, jnp.bool_)
+  if src.convention == _layout.IEEE:
+    is_inf = mag == _u32(src.inf_magnitude)
+    is_nan = mag > _u32(src.inf_magnitude)
+  elif src.convention == _layout.FN:
+    is_inf, is_nan = false, mag == _u32(src.nan_code)
+  elif src.convention in (_layout.FNUZ, _layout.E8M0):
+    is_inf, is_nan = false, bits == _u32(src.nan_code)
+  else:
+    is_inf, is_nan = false, false
+
+  if not src.has_subnormals:
+    # E8M0: every code is 2^(code - bias); there is no zero.
+    return sign, exp, jnp.full_like(bits, 1 << m), is_nan, is_inf, false
+
+  sub = exp == 0
+  mant = jnp.where(sub, frac, frac | _u32(1 << m))
+  exp = jnp.maximum(exp, 1)
+  if normalize:
+    # Move a subnormal's leading one up to the hidden-bit position.
+    shift = lax.clz(frac).astype(_i32) + (m - 31)
+    mant = jnp.where(sub, frac << shift.astype(_u32), mant)
+    exp = jnp.where(sub, 1 - shift, exp)
+  return sign, exp, mant, is_nan, is_inf, mag == 0
+
+
+def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
+  """Multiplies (or divides) unpacked values by float32 `scale`.
+
+  Returns the same tuple as `_unpack`, now with 23 mantissa bits. The
+  product is the float32 product rounded to 24 significant bits, with an
+  exponent that neither underflows nor flushes; at or above 2^128 it is
+  infinite, as a float32 product would be.
+  """
+  sign, exp, mant, is_nan, is_inf, is_zero = parts
+  s_bits = lax.bitcast_convert_type(scale.astype(jnp.float32), _u32)
+  s_sign, s_exp, s_mant, s_nan, s_inf, s_zero = _unpack(
+      jnp.broadcast_to(s_bits, mant.shape), _layout.FLOAT32, normalize=True)
+
+  unit = lax.bitcast_convert_type(
+      (s_mant & _u32((1 << _F32_MANTISSA_BITS) - 1)) | _u32(_F32_BIAS << _F32_MANTISSA_BITS),
+      jnp.float32)  # the scale's significand, in [1, 2)
+  k = s_exp - _F32_BIAS
+  # Both operands are normal floats well inside float32's range, so this
+  # one rounding is exact IEEE arithmetic on every backend.
+  mf = mant.astype(jnp.float32)
+  p = mf / unit if divide else mf * unit
+  p_bits = lax.bitcast_convert_type(p, _u32)
+  p_exp = (p_bits >> _F32_MANTISSA_BITS).astype(_i32) - _F32_BIAS
+  new_mant = (p_bits & _u32((1 << _F32_MANTISSA_BITS) - 1)) | _u32(1 << _F32_MANTISSA_BITS)
+  new_exp = exp + p_exp - src.mantissa_bits + (-k if divide else k)
+
+  finite = ~(is_nan | is_inf | is_zero)
+  zero_scale = s_zero if not divide else s_inf
+  inf_scale = s_inf if not divide else s_zero
+  is_nan = is_nan | s_nan | (is_inf & zero_scale) | (is_zero & inf_scale)
+  is_inf = ~is_nan & (is_inf | (finite & (inf_scale | (new_exp - src.bias >= _F32_OVERFLOW_EXPONENT))))
+  is_zero = ~is_nan & ~is_inf & (is_zero | zero_scale)
+  new_mant = jnp.where(is_zero, _u32(0), new_mant)
+  return sign ^ s_sign, new_exp, new_mant, is_nan, is_inf, is_zero
+
+
+def _round_shift(mant, r, rounding: str, min_shift: int, rand):
+  """Computes mant / 2^r rounded to an integer; r >= min_shift >= 0."""
+  if rounding == TOWARD_ZERO:
+    return mant >> r
+  if rounding == NEAREST:
+    if min_shift == 0:
+      # One spare low bit makes the tie-breaking formula valid for r == 0.
+      mant, r = mant << _u32(1), r + _u32(1)
+    odd = (mant >> r) & _u32(1)
+    return (mant + (_u32(1) << (r - _u32(1))) - _u32(1) + odd) >> r
+  raise AssertionError(rounding)
+
+
+def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEAREST,
+            overflow: str = SATURATE, rand: jax.Array | None = None,
+            scale: jax.Array | None = None, divide: bool = False) -> jax.Array:
+  """Converts uint32 `src` codes to uint32 `dst` codes.
+
+  Args:
+    bits: uint32 array; the low `src.bits` bits of each element are a code.
+    src: layout of the input codes.
+    dst: layout of the output codes.
+    rounding: one of ROUNDINGS.
+    overflow: one of OVERFLOWS.
+    rand: uint32 random bits, one per element, for stochastic rounding.
+    scale: optional float32 array broadcastable to `bits`; the value is
+      multiplied by it (divided, if `divide`) before rounding.
+    divide: divide by `scale` instead of multiplying.
+
+  Returns:
+    A uint32 array of `dst` codes, the shape of `bits`.
+  """
+  scaled = scale is not None
+  # Rounding treats every target as having subnormals below 2^(1 - bias).
+  # For E8M0 this reproduces ml_dtypes: code 0 (2^-127) then acts as the
+  # zero of that range, so values in (2^-127, 2^-126) round up to 2^-126.
+  normalize = not scaled and 1 - dst.bias < src.min_exponent
+  parts = _unpack(bits, src, normalize)
+  src_m = src.mantissa_bits
+  if scaled:
+    parts = _scale(parts, src, scale, divide)
+    src_m = _F32_MANTISSA_BITS
+  sign, exp, mant, is_nan, is_inf, is_zero = parts
+
+  dst_m = dst.mantissa_bits
+  # Widening keeps every mantissa bit: shift left now, round nothing.
+  if dst_m > src_m:
+    mant = mant << _u32(dst_m - src_m)
+  width = max(src_m, dst_m)
+  min_shift = max(src_m - dst_m, 0)
+  top_field = dst.magnitude_mask >> dst_m
+  # Biased target exponent, capped so that no shift below can wrap around.
+  t = jnp.minimum(exp - src.bias + dst.bias, top_field + 1)
+  shift = min_shift + jnp.maximum(1 - t, 0)
+  # Past width + 2 bits every rounding mode but stochastic gives 0.
+  r = jnp.minimum(shift, width + 2).astype(_u32)
+
+  if rounding == STOCHASTIC:
+    q = mant >> r
+    rem = mant - (q << r)
+    # Round up with probability rem / 2^shift, to RANDOM_BITS of resolution.
+    rs = jnp.minimum(shift, RANDOM_BITS)
+    threshold = rem >> jnp.minimum(shift - rs, 31).astype(_u32)
+    q = q + ((rand >> (RANDOM_BITS - rs).astype(_u32)) < threshold).astype(_u32)
+  else:
+    q = _round_shift(mant, r, rounding, min_shift, rand)
+
+  # q still holds the hidden bit, worth one exponent step: add t - 1.
+  code = q + (jnp.maximum(t, 1) - 1).astype(_u32) * _u32(1 << dst_m)
+  if normalize or scaled:
+    code = jnp.where(is_zero, _u32(0), code)
+
+  over = (code > _u32(dst.max_magnitude)) & ~is_inf
+  over_to, inf_to = _overflow_targets(dst, rounding, overflow)
+  mag = code
+  if over_to is not None:
+    mag = jnp.where(over, _u32(over_to), mag)
+  if inf_to is not None:
+    mag = jnp.where(is_inf, _u32(inf_to), mag)
+  to_nan = is_nan
+  if over_to is None:
+    to_nan = to_nan | over
+  if inf_to is None:
+    to_nan = to_nan | is_inf
+
+  if dst.convention == _layout.E8M0:
+    to_nan = to_nan | (sign == 1) | is_zero
+    return jnp.where(to_nan, _u32(dst.nan_code), mag)
+  if dst.convention == _layout.FNUZ:
+    sign = sign & (mag != 0).astype(_u32)  # no negative zero
+  out = mag | (sign << (dst.bits - 1))
+  if dst.convention == _layout.FNUZ:
+    nan = _u32(dst.nan_code)
+  elif dst.convention == _layout.FINITE:
+    # No NaN code: ml_dtypes encodes NaN as the zero of the opposite sign.
+    nan = (sign ^ _u32(1)) << (dst.bits - 1)
+  else:
+    nan = _u32(dst.nan_code) | (sign << (dst.bits - 1))
+  return jnp.where(to_nan, nan, out)
+
+
+def _overflow_targets(dst: Layout, rounding: str, overflow: str):
+  """Magnitudes for finite overflow and for infinities; None means NaN."""
+  top = dst.max_magnitude
+  if not dst.has_nan:
+    return top, top  # no NaN and no infinity: always saturate (OCP MX)
+  inf_or = dst.inf_magnitude if dst.has_inf else None
+  if overflow == SATFINITE:
+    return top, top
+  if overflow == SATURATE:
+    return top, (inf_or if dst.has_inf else top)
+  # IEEE 754: rounding toward zero carries overflow to the largest finite.
+  return (top if rounding == TOWARD_ZERO else inf_or), inf_or

@@ -1,0 +1,118 @@
+"""Argument checks shared by the public functions; each names the argument."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fp8jax import _bits
+from fp8jax import _layout
+
+FLOAT_LAYOUTS = {
+    np.dtype(jnp.bfloat16): _layout.BFLOAT16,
+    np.dtype(jnp.float16): _layout.FLOAT16,
+    np.dtype(jnp.float32): _layout.FLOAT32,
+}
+FLOAT_NAMES = "bfloat16, float16 or float32"
+
+
+def dtype_of(x: Any, argname: str) -> np.dtype:
+  dtype = getattr(x, "dtype", None)
+  if dtype is None or not hasattr(x, "shape"):
+    raise TypeError(f"{argname} must be an array (got {type(x).__name__}); "
+                    "wrap Python numbers with jnp.asarray(..., dtype) to choose the dtype")
+  return np.dtype(dtype)
+
+
+def float_layout(x: Any, argname: str) -> _layout.Layout:
+  """The layout of a bfloat16/float16/float32 array, else TypeError."""
+  dtype = dtype_of(x, argname)
+  if dtype not in FLOAT_LAYOUTS:
+    raise TypeError(f"{argname} must be {FLOAT_NAMES} (got {dtype})")
+  return FLOAT_LAYOUTS[dtype]
+
+
+def target_layout(dtype: Any, argname: str) -> tuple[np.dtype, _layout.Layout]:
+  try:
+    dt = np.dtype(dtype)
+  except TypeError:
+    dt = None
+  if dt not in FLOAT_LAYOUTS:
+    raise TypeError(f"{argname} must be {FLOAT_NAMES} (got {dtype!r})")
+  return dt, FLOAT_LAYOUTS[dt]
+
+
+def code_array(bits: Any, argname: str) -> None:
+  dtype = dtype_of(bits, argname)
+  if dtype not in (np.dtype(np.uint8), np.dtype(np.int8)):
+    raise TypeError(f"{argname} must be uint8 (or int8) codes (got {dtype})")
+
+
+def rounding(value: Any, key: Any) -> None:
+  if value not in _bits.ROUNDINGS:
+    raise ValueError(f"rounding must be one of {', '.join(map(repr, _bits.ROUNDINGS))} "
+                     f"(got {value!r})")
+  if value == _bits.STOCHASTIC:
+    if key is None:
+      raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
+    if not _is_key(key):
+      raise TypeError("key must be a jax.random key: jax.random.key(seed) or "
+                      f"jax.random.PRNGKey(seed) (got {_describe(key)})")
+  elif key is not None:
+    raise ValueError(f"key is only used with rounding='stochastic' (got rounding={value!r})")
+
+
+def overflow(value: Any) -> None:
+  if value not in _bits.OVERFLOWS:
+    raise ValueError(f"overflow must be one of {', '.join(map(repr, _bits.OVERFLOWS))} "
+                     f"(got {value!r})")
+
+
+def _is_key(key: Any) -> bool:
+  dtype = getattr(key, "dtype", None)
+  if dtype is None:
+    return False
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return True
+  # A raw key from jax.random.PRNGKey: uint32 with trailing dimension 2.
+  return np.dtype(dtype) == np.uint32 and tuple(key.shape[-1:]) == (2,)
+
+
+def _describe(x: Any) -> str:
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    return type(x).__name__
+  return f"{dtype}{list(getattr(x, 'shape', ()))}"
+
+
+def scale_factor(value: Any, argname: str = "scaling_factor") -> Any:
+  """Checks a scale: finite and nonzero where it is known now.
+
+  Returns None for the identity scale 1.0, which skips scaling altogether,
+  else a float32 array (or the traced array as given).
+  """
+  if isinstance(value, bool) or not isinstance(
+      value, (int, float, np.integer, np.floating, np.ndarray, jax.Array)):
+    raise TypeError(f"{argname} must be a number or a float array (got {type(value).__name__})")
+  if isinstance(value, jax.core.Tracer):
+    return value.astype(jnp.float32)  # unknown until run time: IEEE rules apply
+  arr = np.asarray(value, dtype=np.float32)
+  if not np.all(np.isfinite(arr)) or np.any(arr == 0):
+    raise ValueError(f"{argname} must be finite and nonzero (got {value!r})")
+  if arr.ndim == 0 and float(arr) == 1.0:
+    return None
+  return jnp.asarray(arr)
+
+
+def out(value: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+  """Checks `out=` against the result it will receive."""
+  if value is None:
+    return
+  if not isinstance(value, jax.Array):
+    raise TypeError(f"out must be a jax.Array (got {type(value).__name__})")
+  if tuple(value.shape) != tuple(shape) or np.dtype(value.dtype) != np.dtype(dtype):
+    raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype)} "
+                     f"(got shape {tuple(value.shape)} and dtype {value.dtype})")

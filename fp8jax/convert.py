@@ -1,0 +1,144 @@
+"""`encode` and `decode`: floats to the codes of a small format and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+from fp8jax import _bits
+from fp8jax import _checks
+from fp8jax import _layout
+from fp8jax.formats import FormatLike, get_format
+
+
+def _as_u32(x: jax.Array) -> jax.Array:
+  width = np.dtype(x.dtype).itemsize * 8
+  if width == 32:
+    return lax.bitcast_convert_type(x, jnp.uint32)
+  return lax.bitcast_convert_type(x, jnp.dtype(f"uint{width}")).astype(jnp.uint32)
+
+
+def _encode_impl(x, key, scale, out, *, src, dst, rounding, overflow, divide):
+  del out  # only donated, so that the result may reuse its buffer
+  rand = None
+  if rounding == _bits.STOCHASTIC:
+    rand = jax.random.bits(key, x.shape, jnp.uint32)
+  codes = _bits.convert(_as_u32(x), src, dst, rounding=rounding, overflow=overflow,
+                        rand=rand, scale=scale, divide=divide)
+  return codes.astype(jnp.uint8)
+
+
+def _decode_impl(bits, scale, out, *, src, dst, dtype, divide):
+  del out
+  codes = lax.bitcast_convert_type(bits, jnp.uint8).astype(jnp.uint32)
+  out = _bits.convert(codes, src, dst, rounding=_bits.NEAREST, overflow=_bits.IEEE,
+                      scale=scale, divide=divide)
+  width = np.dtype(dtype).itemsize * 8
+  if width != 32:
+    out = out.astype(jnp.dtype(f"uint{width}"))
+  return lax.bitcast_convert_type(out, dtype)
+
+
+_ENCODE_STATIC = ("src", "dst", "rounding", "overflow", "divide")
+_DECODE_STATIC = ("src", "dst", "dtype", "divide")
+_encode = jax.jit(_encode_impl, static_argnames=_ENCODE_STATIC)
+_encode_into = jax.jit(_encode_impl, static_argnames=_ENCODE_STATIC, donate_argnames="out",
+                       keep_unused=True)
+_decode = jax.jit(_decode_impl, static_argnames=_DECODE_STATIC)
+_decode_into = jax.jit(_decode_impl, static_argnames=_DECODE_STATIC, donate_argnames="out",
+                       keep_unused=True)
+
+
+def _donatable(out: Any) -> bool:
+  return isinstance(out, jax.Array) and not isinstance(out, jax.core.Tracer)
+
+
+def encode(x: Any, fmt: FormatLike, *, rounding: str = "nearest", overflow: str = "saturate",
+           key: jax.Array | None = None) -> jax.Array:
+  """Encodes floats as the codes of a small float format.
+
+  Rounds once, straight from the input's precision to the target's grid,
+  with integer arithmetic only (subnormals included, on every backend).
+
+  Args:
+    x: bfloat16, float16 or float32 array, any shape.
+    fmt: a format name such as "e4m3fn", a `Format`, or a float8 dtype.
+    rounding: "nearest" (ties to even), "toward_zero", or "stochastic"
+      (rounds up with probability equal to the distance from the lower
+      neighbour over the gap, resolved to 2^-32 of the gap; needs `key`).
+    overflow: "saturate", "satfinite" or "ieee"; see the README's table.
+    key: a jax.random key, required for (and only for) stochastic rounding.
+      The same key gives the same bits.
+
+  Returns:
+    A uint8 array of the same shape holding the codes (sub-byte formats in
+    the low bits).
+
+  Example:
+    >>> encode(jnp.array([1.0, 500.0], jnp.bfloat16), "e4m3fn")
+    Array([ 56, 126], dtype=uint8)
+  """
+  src = _checks.float_layout(x, "x")
+  dst = get_format(fmt).layout
+  _checks.rounding(rounding, key)
+  _checks.overflow(overflow)
+  return _encode(x, key, None, None, src=src, dst=dst, rounding=rounding, overflow=overflow,
+                 divide=False)
+
+
+def decode(bits: Any, fmt: FormatLike, dtype: Any = jnp.bfloat16) -> jax.Array:
+  """Decodes the codes of a small float format to floats, exactly.
+
+  Every code maps to its exact value; only float16 can fall short, for
+  formats whose range exceeds it (e8m0fnu), where values round to nearest
+  even and overflow to infinity as a float16 cast does.
+
+  Args:
+    bits: uint8 (or int8) codes, any shape. For 6- and 4-bit formats only
+      the low bits are read.
+    fmt: a format name, a `Format`, or a float8 dtype.
+    dtype: bfloat16 (default), float16 or float32.
+
+  Returns:
+    An array of `dtype` of the same shape.
+
+  Example:
+    >>> decode(jnp.array([56, 126], jnp.uint8), "e4m3fn", jnp.float32)
+    Array([  1., 448.], dtype=float32)
+  """
+  _checks.code_array(bits, "bits")
+  src = get_format(fmt).layout
+  out_dtype, dst = _checks.target_layout(dtype, "dtype")
+  return _decode(bits, None, None, src=src, dst=dst, dtype=out_dtype, divide=False)
+
+
+def encode_into(x: jax.Array, fmt: FormatLike, scale: jax.Array | None, out: Any, *,
+                rounding: str, overflow: str, key: jax.Array | None) -> jax.Array:
+  """`encode`, optionally of `x * scale`, writing into a donated `out`.
+
+  Arguments are checked by the caller. The product `x * scale` is the
+  float32 product rounded to 24 significant bits, with an exponent that
+  neither underflows nor flushes, infinite at or above 2^128; it is then
+  rounded once more, onto the format's grid. A concrete `out` is donated:
+  the result reuses its buffer and the old handle becomes invalid.
+  """
+  fn = _encode_into if _donatable(out) else _encode
+  return fn(x, key, scale, out if _donatable(out) else None, src=_checks.float_layout(x, "x"),
+            dst=get_format(fmt).layout, rounding=rounding, overflow=overflow, divide=False)
+
+
+def decode_into(bits: jax.Array, fmt: FormatLike, dtype: Any, scale: jax.Array | None,
+                out: Any) -> jax.Array:
+  """`decode`, optionally followed by a float32 division by `scale`, into `out`.
+
+  Arguments are checked by the caller. The quotient is the float32
+  quotient (24 significant bits, no flushing), then rounded to `dtype`.
+  """
+  out_dtype, dst = _checks.target_layout(dtype, "dtype")
+  fn = _decode_into if _donatable(out) else _decode
+  return fn(bits, scale, out if _donatable(out) else None, src=get_format(fmt).layout, dst=dst,
+            dtype=out_dtype, divide=True)
