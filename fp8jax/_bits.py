@@ -106,9 +106,13 @@ def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
   s_sign, s_exp, s_mant, s_nan, s_inf, s_zero = _unpack(
       jnp.broadcast_to(s_bits, mant.shape), _layout.FLOAT32, normalize=True)
 
-  unit = lax.bitcast_convert_type(
-      (s_mant & _u32((1 << _F32_MANTISSA_BITS) - 1)) | _u32(_F32_BIAS << _F32_MANTISSA_BITS),
-      jnp.float32)  # the scale's significand, in [1, 2)
+  unit_bits = (s_mant & _u32((1 << _F32_MANTISSA_BITS) - 1)) | _u32(_F32_BIAS << _F32_MANTISSA_BITS)
+  if divide:
+    # XLA rewrites x / broadcast(c) as x * (1 / c), which is not correctly
+    # rounded. OR-ing in a per-element zero (mant < 2^24, so mant >> 31 is 0,
+    # which XLA cannot prove) keeps the divisor elementwise and the division real.
+    unit_bits = unit_bits | (mant >> 31)
+  unit = lax.bitcast_convert_type(unit_bits, jnp.float32)  # the scale's significand, in [1, 2)
   k = s_exp - _F32_BIAS
   # Both operands are normal floats well inside float32's range, so this
   # one rounding is exact IEEE arithmetic on every backend.
@@ -126,7 +130,9 @@ def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
   is_inf = ~is_nan & (is_inf | (finite & (inf_scale | (new_exp - src.bias >= _F32_OVERFLOW_EXPONENT))))
   is_zero = ~is_nan & ~is_inf & (is_zero | zero_scale)
   new_mant = jnp.where(is_zero, _u32(0), new_mant)
-  return sign ^ s_sign, new_exp, new_mant, is_nan, is_inf, is_zero
+  # A NaN input keeps its sign, as float32 multiplication on CPUs does.
+  sign = jnp.where(parts[3], sign, sign ^ s_sign)
+  return sign, new_exp, new_mant, is_nan, is_inf, is_zero
 
 
 def _round_shift(mant, r, rounding: str, min_shift: int, rand):

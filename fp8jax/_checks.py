@@ -99,9 +99,10 @@ def scale_factor(value: Any, argname: str = "scaling_factor") -> Any:
     raise TypeError(f"{argname} must be a number or a float array (got {type(value).__name__})")
   if isinstance(value, jax.core.Tracer):
     return value.astype(jnp.float32)  # unknown until run time: IEEE rules apply
-  arr = np.asarray(value, dtype=np.float32)
+  with np.errstate(over="ignore"):
+    arr = np.asarray(value, dtype=np.float32)
   if not np.all(np.isfinite(arr)) or np.any(arr == 0):
-    raise ValueError(f"{argname} must be finite and nonzero (got {value!r})")
+    raise ValueError(f"{argname} must be finite and nonzero in float32 (got {value!r})")
   if arr.ndim == 0 and float(arr) == 1.0:
     return None
   return jnp.asarray(arr)

@@ -256,11 +256,10 @@ def get_format(fmt: FormatLike, argname: str = "fmt") -> Format:
       raise ValueError(f"{argname} must be one of {', '.join(FORMATS)} or a Format "
                        f"(got {fmt!r})")
     return found
-  try:
-    dtype = np.dtype(fmt)
-  except TypeError:
+  if not isinstance(fmt, (type, np.dtype)):
     raise TypeError(f"{argname} must be a format name, a Format or a float8 dtype "
-                    f"(got {type(fmt).__name__})") from None
+                    f"(got {type(fmt).__name__})")
+  dtype = np.dtype(fmt)
   if dtype not in _BY_DTYPE:
     raise ValueError(f"{argname} dtype {dtype} is not one of the named formats' dtypes; "
                      f"valid names: {', '.join(FORMATS)}")

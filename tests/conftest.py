@@ -78,6 +78,16 @@ def assert_codes_equal(got, want, fmt: fp8jax.Format, x=None) -> None:
                          f"want {[hex(int(c)) for c in want[idx]]}")
 
 
+def clip_then_convert(x: np.ndarray, fmt: fp8jax.Format, keep_inf: bool) -> np.ndarray:
+  """The reference for the saturating policies: clip to +-max, then convert."""
+  with np.errstate(invalid="ignore"):
+    wide = x.astype(np.float64)
+    clipped = np.clip(wide, -fmt.max, fmt.max)
+    if keep_inf and fmt.has_inf:
+      clipped = np.where(np.isinf(wide), wide, clipped)
+  return ml_codes(clipped.astype(np.float32), fmt)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_x64():
   assert not jax.config.jax_enable_x64

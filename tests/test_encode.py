@@ -10,7 +10,7 @@ import pytest
 import fp8jax
 from tests import reference
 from tests.conftest import (ALL_FORMATS, CUSTOM, NAMED, OVERFLOWS, ROUNDINGS, SOURCES,
-                            assert_codes_equal, dtype_id, every, ids, ml_codes, spec)
+                            assert_codes_equal, clip_then_convert, dtype_id, every, ids, ml_codes, spec)
 
 
 @pytest.mark.parametrize("fmt", NAMED, ids=ids)
@@ -61,16 +61,6 @@ def test_matches_ml_dtypes_on_ten_million_float32_inputs(fmt):
   assert x.size >= 10_000_000
   got = fp8jax.encode(jnp.asarray(x), fmt, overflow="ieee")
   assert_codes_equal(got, ml_codes(x, fmt), fmt, x)
-
-
-def clip_then_convert(x: np.ndarray, fmt: fp8jax.Format, keep_inf: bool) -> np.ndarray:
-  """The reference for the saturating policies: clip to +-max, then convert."""
-  with np.errstate(invalid="ignore"):
-    wide = x.astype(np.float64)
-    clipped = np.clip(wide, -fmt.max, fmt.max)
-    if keep_inf and fmt.has_inf:
-      clipped = np.where(np.isinf(wide), wide, clipped)
-  return ml_codes(clipped.astype(np.float32), fmt)
 
 
 @pytest.mark.parametrize("fmt", NAMED, ids=ids)

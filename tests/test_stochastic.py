@@ -1,0 +1,87 @@
+"""Stochastic rounding: unbiased on the target grid, two neighbours, reproducible."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fp8jax
+from tests import reference
+from tests.conftest import CUSTOM, DTYPES, dtype_id, ids, spec
+
+N_KEYS = 20_000
+FORMATS = [fp8jax.FORMATS[n] for n in ("e4m3fn", "e5m2", "e4m3fnuz", "e3m4", "e2m1fn", "e3m2fn")]
+FORMATS += [CUSTOM[0], CUSTOM[3]]
+
+
+def _between(fmt: fp8jax.Format, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Inputs strictly between neighbouring values (normal and subnormal, both
+  signs) that `dtype` represents exactly, with their neighbours."""
+  vals, _ = reference.positive_grid(spec(fmt))
+  picks = [0, 1, 2, len(vals) // 3, len(vals) // 2, len(vals) - 2]  # 0..sub..normal..top
+  xs, los, his = [], [], []
+  for i in picks:
+    lo, hi = vals[i], vals[i + 1]
+    for frac in (0.25, 0.5, 0.8125):
+      x = np.array(lo + frac * (hi - lo)).astype(dtype)
+      if lo < float(x) < hi:
+        for sgn in (1, -1):
+          xs.append(sgn * x.astype(np.float64))
+          lo_s, hi_s = (lo, hi) if sgn > 0 else (-hi, -lo)
+          los.append(lo_s)
+          his.append(hi_s)
+  return np.array(xs).astype(dtype), np.array(los), np.array(his)
+
+
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=ids)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_mean_is_the_input_within_five_standard_errors(fmt, dtype):
+  x, lo, hi = _between(fmt, dtype)
+  assert x.size >= 12
+  keys = jax.random.split(jax.random.key(1234), N_KEYS)
+  codes = jax.vmap(lambda k: fp8jax.encode(jnp.asarray(x), fmt, rounding="stochastic",
+                                           key=k))(keys)
+  vals = np.asarray(fp8jax.decode(codes, fmt, jnp.float32)).astype(np.float64)
+  # Every result is one of the two neighbours.
+  assert np.all((vals == lo) | (vals == hi))
+  xf = x.astype(np.float64)
+  p = (xf - lo) / (hi - lo)
+  se = (hi - lo) * np.sqrt(p * (1 - p) / N_KEYS)
+  err = np.abs(vals.mean(axis=0) - xf)
+  assert np.all(err <= 5 * se), (x[err > 5 * se], err[err > 5 * se], se[err > 5 * se])
+
+
+def test_the_same_key_gives_the_same_bits_and_another_key_other_bits():
+  x = jnp.asarray(np.linspace(-3, 3, 4096), jnp.bfloat16)
+  a = fp8jax.encode(x, "e4m3fn", rounding="stochastic", key=jax.random.key(7))
+  b = fp8jax.encode(x, "e4m3fn", rounding="stochastic", key=jax.random.key(7))
+  c = fp8jax.encode(x, "e4m3fn", rounding="stochastic", key=jax.random.key(8))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (np.asarray(a) != np.asarray(c)).any()
+  raw = fp8jax.encode(x, "e4m3fn", rounding="stochastic", key=jax.random.PRNGKey(7))
+  np.testing.assert_array_equal(np.asarray(raw), np.asarray(a))
+
+
+def test_representable_values_are_never_moved():
+  codes = jnp.arange(256, dtype=jnp.uint8)
+  vals = fp8jax.decode(codes, "e5m2", jnp.float32)
+  finite = np.isfinite(np.asarray(vals))
+  for seed in range(5):
+    got = fp8jax.encode(vals, "e5m2", rounding="stochastic", key=jax.random.key(seed),
+                        overflow="ieee")
+    np.testing.assert_array_equal(np.asarray(got)[finite], np.asarray(codes)[finite])
+
+
+def test_probability_of_rounding_up_is_the_fraction_of_the_gap():
+  # 1 + k/16 lies between e4m3fn's 1 and 1.125: P(up) = k/2.
+  x = jnp.asarray([1 + 1 / 16], jnp.float32)
+  n = 200_000
+  codes = fp8jax.encode(jnp.broadcast_to(x, (n,)), "e4m3fn", rounding="stochastic",
+                        key=jax.random.key(3))
+  ups = int((np.asarray(codes) == 0x39).sum())
+  # Binomial(n, 1/2): 5 standard deviations.
+  assert abs(ups - n / 2) <= 5 * np.sqrt(n / 4)
