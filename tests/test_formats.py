@@ -79,4 +79,5 @@ def test_custom_formats_from_n_mantissa():
   e6m1 = fp8jax.format_for_mantissa(1)
   assert (e6m1.max, e6m1.min_subnormal, e6m1.inf_code) == (1.5 * 2.0**31, 2.0**-31, 0x7E)
   e1m6 = fp8jax.format_for_mantissa(6)
-  assert e1m6.max == 63 / 64 and e1m6.min_normal == 1.0  # subnormals only below 1
+  # One exponent bit: field 0 holds the subnormals m/32, field 1 inf and NaN.
+  assert e1m6.max == 63 / 32 and e1m6.min_subnormal == 1 / 32 and e1m6.inf_code == 0x40
