@@ -135,7 +135,7 @@ def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
   return sign, new_exp, new_mant, is_nan, is_inf, is_zero
 
 
-def _round_shift(mant, r, rounding: str, min_shift: int, rand):
+def _round_shift(mant, r, rounding: str, min_shift: int):
   """Computes mant / 2^r rounded to an integer; r >= min_shift >= 0."""
   if rounding == TOWARD_ZERO:
     return mant >> r
@@ -168,9 +168,8 @@ def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEARES
     A uint32 array of `dst` codes, the shape of `bits`.
   """
   scaled = scale is not None
-  # Rounding treats every target as having subnormals below 2^(1 - bias).
-  # For E8M0 this reproduces ml_dtypes: code 0 (2^-127) then acts as the
-  # zero of that range, so values in (2^-127, 2^-126) round up to 2^-126.
+  # Source subnormals need a hidden bit only where the target's normal range
+  # reaches below the source's.
   normalize = not scaled and 1 - dst.bias < src.min_exponent
   parts = _unpack(bits, src, normalize)
   src_m = src.mantissa_bits
@@ -188,6 +187,9 @@ def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEARES
   top_field = dst.magnitude_mask >> dst_m
   # Biased target exponent, capped so that no shift below can wrap around.
   t = jnp.minimum(exp - src.bias + dst.bias, top_field + 1)
+  # Rounding treats every target as having subnormals below 2^(1 - bias).
+  # For E8M0 this reproduces ml_dtypes: code 0 (2^-127) then acts as the
+  # zero of that range, so values in (2^-127, 2^-126) round up to 2^-126.
   shift = min_shift + jnp.maximum(1 - t, 0)
   # Past width + 2 bits every rounding mode but stochastic gives 0.
   r = jnp.minimum(shift, width + 2).astype(_u32)
@@ -200,7 +202,7 @@ def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEARES
     threshold = rem >> jnp.minimum(shift - rs, 31).astype(_u32)
     q = q + ((rand >> (RANDOM_BITS - rs).astype(_u32)) < threshold).astype(_u32)
   else:
-    q = _round_shift(mant, r, rounding, min_shift, rand)
+    q = _round_shift(mant, r, rounding, min_shift)
 
   # q still holds the hidden bit, worth one exponent step: add t - 1.
   code = q + (jnp.maximum(t, 1) - 1).astype(_u32) * _u32(1 << dst_m)

@@ -154,7 +154,8 @@ def _check_fields(e: Any, m: Any, bias: Any, convention: Any) -> None:
 
 
 def _default_name(layout: Layout) -> str:
-  for name, fmt in FORMATS.items() if "FORMATS" in globals() else ():
+  # Only formats built without a name get here, after FORMATS exists.
+  for name, fmt in FORMATS.items():
     if fmt.layout == layout:
       return name
   e, m = layout.exponent_bits, layout.mantissa_bits
