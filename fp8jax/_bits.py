@@ -93,35 +93,54 @@ def _unpack(bits: jax.Array, src: Layout, normalize: bool):
   return sign, exp, mant, is_nan, is_inf, mag == 0
 
 
+def exact_product(src: Layout) -> bool:
+  """Whether a product of `src` values and float32 scales fits in uint32.
+
+  Codes of at most 7 significant bits times float32's 24 fit in 31 bits, so
+  scaling small formats (decoding) is exact integer arithmetic.
+  """
+  return src.mantissa_bits + 1 + _F32_MANTISSA_BITS + 1 <= 31
+
+
 def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
   """Multiplies (or divides) unpacked values by float32 `scale`.
 
-  Returns the same tuple as `_unpack`, now with 23 mantissa bits. The
-  product is the float32 product rounded to 24 significant bits, with an
-  exponent that neither underflows nor flushes; at or above 2^128 it is
-  infinite, as a float32 product would be.
+  Returns the `_unpack` tuple and the new mantissa width. Where
+  `exact_product(src)` holds, a product is exact: the mantissas multiply as
+  integers (the source must be normalized). Otherwise, and for every
+  quotient, the result is the float32 one rounded to 24 significant bits,
+  with an exponent that neither underflows nor flushes. At or above 2^128
+  the result is infinite, as in float32.
   """
   sign, exp, mant, is_nan, is_inf, is_zero = parts
   s_bits = lax.bitcast_convert_type(scale.astype(jnp.float32), _u32)
   s_sign, s_exp, s_mant, s_nan, s_inf, s_zero = _unpack(
       jnp.broadcast_to(s_bits, mant.shape), _layout.FLOAT32, normalize=True)
-
-  unit_bits = (s_mant & _u32((1 << _F32_MANTISSA_BITS) - 1)) | _u32(_F32_BIAS << _F32_MANTISSA_BITS)
-  if divide:
-    # XLA rewrites x / broadcast(c) as x * (1 / c), which is not correctly
-    # rounded. OR-ing in a per-element zero (mant < 2^24, so mant >> 31 is 0,
-    # which XLA cannot prove) keeps the divisor elementwise and the division real.
-    unit_bits = unit_bits | (mant >> 31)
-  unit = lax.bitcast_convert_type(unit_bits, jnp.float32)  # the scale's significand, in [1, 2)
   k = s_exp - _F32_BIAS
-  # Both operands are normal floats well inside float32's range, so this
-  # one rounding is exact IEEE arithmetic on every backend.
-  mf = mant.astype(jnp.float32)
-  p = mf / unit if divide else mf * unit
-  p_bits = lax.bitcast_convert_type(p, _u32)
-  p_exp = (p_bits >> _F32_MANTISSA_BITS).astype(_i32) - _F32_BIAS
-  new_mant = (p_bits & _u32((1 << _F32_MANTISSA_BITS) - 1)) | _u32(1 << _F32_MANTISSA_BITS)
-  new_exp = exp + p_exp - src.mantissa_bits + (-k if divide else k)
+
+  if not divide and exact_product(src):
+    width = src.mantissa_bits + _F32_MANTISSA_BITS + 1  # hidden bit of the product
+    p = mant * s_mant  # in [2^(width - 1), 2^(width + 1)): one bit to normalize
+    high = p >= _u32(1 << width)
+    new_mant = jnp.where(high, p, p << 1)
+    new_exp = exp + k + high.astype(_i32)
+  else:
+    width = _F32_MANTISSA_BITS
+    unit_bits = (s_mant & _u32((1 << width) - 1)) | _u32(_F32_BIAS << width)
+    if divide:
+      # XLA rewrites x / broadcast(c) as x * (1 / c), which is not correctly
+      # rounded. OR-ing in a per-element zero (mant < 2^24, so mant >> 31 is 0,
+      # which XLA cannot prove) keeps the divisor elementwise and the division real.
+      unit_bits = unit_bits | (mant >> 31)
+    unit = lax.bitcast_convert_type(unit_bits, jnp.float32)  # the significand, in [1, 2)
+    # Both operands are normal floats well inside float32's range, so this
+    # one rounding is exact IEEE arithmetic on every backend.
+    mf = mant.astype(jnp.float32)
+    p = mf / unit if divide else mf * unit
+    p_bits = lax.bitcast_convert_type(p, _u32)
+    p_exp = (p_bits >> width).astype(_i32) - _F32_BIAS
+    new_mant = (p_bits & _u32((1 << width) - 1)) | _u32(1 << width)
+    new_exp = exp + p_exp - src.mantissa_bits + (-k if divide else k)
 
   finite = ~(is_nan | is_inf | is_zero)
   zero_scale = s_zero if not divide else s_inf
@@ -132,7 +151,7 @@ def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
   new_mant = jnp.where(is_zero, _u32(0), new_mant)
   # A NaN input keeps its sign, as float32 multiplication on CPUs does.
   sign = jnp.where(parts[3], sign, sign ^ s_sign)
-  return sign, new_exp, new_mant, is_nan, is_inf, is_zero
+  return (sign, new_exp, new_mant, is_nan, is_inf, is_zero), width
 
 
 def _round_shift(mant, r, rounding: str, min_shift: int):
@@ -168,16 +187,26 @@ def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEARES
     A uint32 array of `dst` codes, the shape of `bits`.
   """
   scaled = scale is not None
-  # Source subnormals need a hidden bit only where the target's normal range
-  # reaches below the source's.
-  normalize = not scaled and 1 - dst.bias < src.min_exponent
+  exact = scaled and not divide and exact_product(src)
+  # Source subnormals need a hidden bit where the target's normal range
+  # reaches below the source's, and for an exact product.
+  normalize = exact or (not scaled and 1 - dst.bias < src.min_exponent)
   parts = _unpack(bits, src, normalize)
   src_m = src.mantissa_bits
   if scaled:
-    parts = _scale(parts, src, scale, divide)
-    src_m = _F32_MANTISSA_BITS
-  sign, exp, mant, is_nan, is_inf, is_zero = parts
+    parts, src_m = _scale(parts, src, scale, divide)
+  if exact and dst != _layout.FLOAT32:
+    # The float32 product first, then the target, as float32 arithmetic
+    # followed by a cast would round.
+    wide = _round_pack(parts, src.bias, src_m, _layout.FLOAT32, NEAREST, IEEE, None, True)
+    return convert(wide, _layout.FLOAT32, dst, rounding=rounding, overflow=overflow, rand=rand)
+  return _round_pack(parts, src.bias, src_m, dst, rounding, overflow, rand, normalize or scaled)
 
+
+def _round_pack(parts, src_bias: int, src_m: int, dst: Layout, rounding: str, overflow: str,
+                rand, zero_mask: bool):
+  """Rounds unpacked values onto `dst`'s grid and packs its codes."""
+  sign, exp, mant, is_nan, is_inf, is_zero = parts
   dst_m = dst.mantissa_bits
   # Widening keeps every mantissa bit: shift left now, round nothing.
   if dst_m > src_m:
@@ -186,7 +215,7 @@ def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEARES
   min_shift = max(src_m - dst_m, 0)
   top_field = dst.magnitude_mask >> dst_m
   # Biased target exponent, capped so that no shift below can wrap around.
-  t = jnp.minimum(exp - src.bias + dst.bias, top_field + 1)
+  t = jnp.minimum(exp - src_bias + dst.bias, top_field + 1)
   # Rounding treats every target as having subnormals below 2^(1 - bias).
   # For E8M0 this reproduces ml_dtypes: code 0 (2^-127) then acts as the
   # zero of that range, so values in (2^-127, 2^-126) round up to 2^-126.
@@ -206,7 +235,7 @@ def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEARES
 
   # q still holds the hidden bit, worth one exponent step: add t - 1.
   code = q + (jnp.maximum(t, 1) - 1).astype(_u32) * _u32(1 << dst_m)
-  if normalize or scaled:
+  if zero_mask:
     code = jnp.where(is_zero, _u32(0), code)
 
   over = (code > _u32(dst.max_magnitude)) & ~is_inf

@@ -22,29 +22,69 @@ def _as_u32(x: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(x, jnp.dtype(f"uint{width}")).astype(jnp.uint32)
 
 
-def _encode_impl(x, key, scale, out, *, src, dst, rounding, overflow, divide):
-  del out  # only donated, so that the result may reuse its buffer
+def _from_u32(codes: jax.Array, dtype: np.dtype) -> jax.Array:
+  width = np.dtype(dtype).itemsize * 8
+  if width != 32:
+    codes = codes.astype(jnp.dtype(f"uint{width}"))
+  return lax.bitcast_convert_type(codes, dtype)
+
+
+def encode_array(x: jax.Array, dst: _layout.Layout, *, rounding: str, overflow: str,
+                 key: jax.Array | None = None, scale: jax.Array | None = None,
+                 divide: bool = False) -> jax.Array:
+  """The traceable body of `encode`, for use inside other jitted functions.
+
+  Arguments are not checked. With `scale`, encodes `x * scale` (or
+  `x / scale`), the product or quotient formed as float32 does, rounded once
+  to 24 bits, without flushing subnormals, infinite at or above 2^128.
+  """
   rand = None
   if rounding == _bits.STOCHASTIC:
     rand = jax.random.bits(key, x.shape, jnp.uint32)
+  src = _checks.FLOAT_LAYOUTS[np.dtype(x.dtype)]
   codes = _bits.convert(_as_u32(x), src, dst, rounding=rounding, overflow=overflow,
                         rand=rand, scale=scale, divide=divide)
   return codes.astype(jnp.uint8)
 
 
-def _decode_impl(bits, scale, out, *, src, dst, dtype, divide):
-  del out
+def decode_array(bits: jax.Array, src: _layout.Layout, dtype: np.dtype, *,
+                 scale: jax.Array | None = None, divide: bool = False) -> jax.Array:
+  """The traceable body of `decode`; with `scale`, `decode(bits) * scale` (or
+  `/ scale`) formed as in float32 and rounded to `dtype`."""
   codes = lax.bitcast_convert_type(bits, jnp.uint8).astype(jnp.uint32)
-  out = _bits.convert(codes, src, dst, rounding=_bits.NEAREST, overflow=_bits.IEEE,
-                      scale=scale, divide=divide)
-  width = np.dtype(dtype).itemsize * 8
-  if width != 32:
-    out = out.astype(jnp.dtype(f"uint{width}"))
-  return lax.bitcast_convert_type(out, dtype)
+  dtype = np.dtype(dtype)
+  out = _bits.convert(codes, src, _checks.FLOAT_LAYOUTS[dtype], rounding=_bits.NEAREST,
+                      overflow=_bits.IEEE, scale=scale, divide=divide)
+  return _from_u32(out, dtype)
 
 
-_ENCODE_STATIC = ("src", "dst", "rounding", "overflow", "divide")
-_DECODE_STATIC = ("src", "dst", "dtype", "divide")
+def divide_f32(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a / b in float32, correctly rounded where the quotient is a normal float.
+
+  XLA rewrites a division by a constant or a broadcast into a multiplication
+  by the reciprocal, which is not correctly rounded, and flushes subnormals
+  on CPU; the kernel does neither. A quotient below 2^-126 is rounded to 24
+  bits first, then to float32's subnormal grid.
+  """
+  a = jnp.asarray(a, jnp.float32)
+  out = _bits.convert(_as_u32(a), _layout.FLOAT32, _layout.FLOAT32, rounding=_bits.NEAREST,
+                      overflow=_bits.IEEE, scale=jnp.asarray(b, jnp.float32), divide=True)
+  return lax.bitcast_convert_type(out, jnp.float32)
+
+
+def _encode_impl(x, key, scale, out, *, dst, rounding, overflow, divide):
+  del out  # only donated, so that the result may reuse its buffer
+  return encode_array(x, dst, rounding=rounding, overflow=overflow, key=key, scale=scale,
+                      divide=divide)
+
+
+def _decode_impl(bits, scale, out, *, src, dtype, divide):
+  del out
+  return decode_array(bits, src, dtype, scale=scale, divide=divide)
+
+
+_ENCODE_STATIC = ("dst", "rounding", "overflow", "divide")
+_DECODE_STATIC = ("src", "dtype", "divide")
 _encode = jax.jit(_encode_impl, static_argnames=_ENCODE_STATIC)
 _encode_into = jax.jit(_encode_impl, static_argnames=_ENCODE_STATIC, donate_argnames="out",
                        keep_unused=True)
@@ -82,11 +122,11 @@ def encode(x: Any, fmt: FormatLike, *, rounding: str = "nearest", overflow: str 
     >>> encode(jnp.array([1.0, 500.0], jnp.bfloat16), "e4m3fn")
     Array([ 56, 126], dtype=uint8)
   """
-  src = _checks.float_layout(x, "x")
+  _checks.float_layout(x, "x")
   dst = get_format(fmt).layout
   _checks.rounding(rounding, key)
   _checks.overflow(overflow)
-  return _encode(x, key, None, None, src=src, dst=dst, rounding=rounding, overflow=overflow,
+  return _encode(x, key, None, None, dst=dst, rounding=rounding, overflow=overflow,
                  divide=False)
 
 
@@ -112,8 +152,8 @@ def decode(bits: Any, fmt: FormatLike, dtype: Any = jnp.bfloat16) -> jax.Array:
   """
   _checks.code_array(bits, "bits")
   src = get_format(fmt).layout
-  out_dtype, dst = _checks.target_layout(dtype, "dtype")
-  return _decode(bits, None, None, src=src, dst=dst, dtype=out_dtype, divide=False)
+  out_dtype, _ = _checks.target_layout(dtype, "dtype")
+  return _decode(bits, None, None, src=src, dtype=out_dtype, divide=False)
 
 
 def encode_into(x: jax.Array, fmt: FormatLike, scale: jax.Array | None, out: Any, *,
@@ -127,8 +167,8 @@ def encode_into(x: jax.Array, fmt: FormatLike, scale: jax.Array | None, out: Any
   the result reuses its buffer and the old handle becomes invalid.
   """
   fn = _encode_into if _donatable(out) else _encode
-  return fn(x, key, scale, out if _donatable(out) else None, src=_checks.float_layout(x, "x"),
-            dst=get_format(fmt).layout, rounding=rounding, overflow=overflow, divide=False)
+  return fn(x, key, scale, out if _donatable(out) else None, dst=get_format(fmt).layout,
+            rounding=rounding, overflow=overflow, divide=False)
 
 
 def decode_into(bits: jax.Array, fmt: FormatLike, dtype: Any, scale: jax.Array | None,
@@ -138,7 +178,7 @@ def decode_into(bits: jax.Array, fmt: FormatLike, dtype: Any, scale: jax.Array |
   Arguments are checked by the caller. The quotient is the float32
   quotient (24 significant bits, no flushing), then rounded to `dtype`.
   """
-  out_dtype, dst = _checks.target_layout(dtype, "dtype")
+  out_dtype, _ = _checks.target_layout(dtype, "dtype")
   fn = _decode_into if _donatable(out) else _decode
-  return fn(bits, scale, out if _donatable(out) else None, src=get_format(fmt).layout, dst=dst,
+  return fn(bits, scale, out if _donatable(out) else None, src=get_format(fmt).layout,
             dtype=out_dtype, divide=True)

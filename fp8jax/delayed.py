@@ -1,0 +1,97 @@
+"""Delayed scaling: per-tensor scales from an amax history, as functional state."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fp8jax import scaling
+from fp8jax.formats import FormatLike, get_format
+from fp8jax.qarray import QArray
+
+AMAX_FROM = ("max", "most_recent")
+
+
+class DelayedState(NamedTuple):
+  """The state carried between steps (a pytree).
+
+  Attributes:
+    amax_history: float32 `[history]`, most recent first.
+    scale: float32 scalar, the dequantizing scale the next step will use.
+  """
+
+  amax_history: jax.Array
+  scale: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DelayedScaling:
+  """The delayed-scaling recipe: quantize with the scale from past steps.
+
+  Each `quantize` call encodes `x` with `state.scale` (computed before `x`
+  was seen), then pushes `amax(x)` (finite values only) onto the history
+  and computes the next scale from it: `amax / max * 2^margin`, where amax
+  is the history's maximum ("max") or its newest entry ("most_recent"), and
+  1 while that amax is 0. Values beyond the delayed scale's range follow the
+  overflow policy (saturate by default). Pure and jittable: use it inside
+  `jax.jit` and `lax.scan`.
+
+  Attributes:
+    history: length of the amax history.
+    margin: headroom exponent, >= 0.
+    amax_from: "max" or "most_recent".
+
+  Example:
+    >>> ds = DelayedScaling(history=4)
+    >>> state = ds.init()
+    >>> q, state = ds.quantize(jnp.ones((8,)), state)
+    >>> float(state.scale) == 1 / 448
+    True
+  """
+
+  history: int = 16
+  margin: int = 0
+  amax_from: str = "max"
+
+  def __post_init__(self):
+    if isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 1:
+      raise ValueError(f"history must be a positive int (got {self.history!r})")
+    if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
+      raise ValueError(f"margin must be a non-negative int (got {self.margin!r})")
+    if self.amax_from not in AMAX_FROM:
+      raise ValueError(f"amax_from must be one of {', '.join(map(repr, AMAX_FROM))} "
+                       f"(got {self.amax_from!r})")
+
+  def init(self, scale: float = 1.0) -> DelayedState:
+    """A fresh state: an all-zero history and the given first scale."""
+    return DelayedState(jnp.zeros((self.history,), jnp.float32), jnp.float32(scale))
+
+  def quantize(self, x: Any, state: DelayedState, fmt: FormatLike = "e4m3fn", *,
+               rounding: str = "nearest", overflow: str = "saturate",
+               key: jax.Array | None = None) -> tuple[QArray, DelayedState]:
+    """Quantizes `x` with the state's scale; returns the QArray and the next state.
+
+    Args:
+      x: bfloat16, float16 or float32 array.
+      state: the current `DelayedState`.
+      fmt: element format.
+      rounding, overflow, key: as in `fp8jax.quantize`.
+
+    Returns:
+      `(QArray, DelayedState)`.
+    """
+    f = get_format(fmt)
+    q = scaling.quantize(x, f, scaling=state.scale, rounding=rounding, overflow=overflow,
+                         key=key)
+    return q, self.update(state, scaling.amax(x), f)
+
+  def update(self, state: DelayedState, amax: jax.Array, fmt: FormatLike = "e4m3fn"
+             ) -> DelayedState:
+    """Pushes one amax onto the history and recomputes the scale."""
+    hist = jnp.roll(state.amax_history, 1).at[0].set(jnp.asarray(amax, jnp.float32))
+    used = scaling.max_positive(hist) if self.amax_from == "max" else hist[0]
+    scale = scaling.scale_from_amax(used, get_format(fmt), margin=self.margin)
+    return DelayedState(hist, scale)

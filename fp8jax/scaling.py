@@ -1,0 +1,408 @@
+"""Scaled quantization: `quantize`, `dequantize` and their granularities.
+
+Every granularity is one computation over a grouped view of the input: the
+grouped axes are padded with zeros to whole blocks and split into
+(blocks, block length); the amax is a max over the block dimensions; the
+scale is `amax / (max * 2^-margin)`; the codes are `encode(x / scale)`. XLA
+fuses the amax reduction, the scale and the cast; there is no Python loop
+over blocks. A per-tensor scale is one block covering every axis, a
+per-axis scale one block covering `axis`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+from fp8jax import _bits
+from fp8jax import _checks
+from fp8jax import _layout
+from fp8jax import convert
+from fp8jax import packing
+from fp8jax.formats import FORMATS, Format, FormatLike, get_format
+from fp8jax.qarray import AXIS, BLOCK, MX, STATIC, TENSOR, QArray
+
+GRANULARITIES = (TENSOR, AXIS, BLOCK, MX)
+MX_BLOCK = 32
+MX_ELEMENTS = ("e4m3fn", "e5m2", "e2m3fn", "e3m2fn", "e2m1fn")
+_E8M0 = FORMATS["e8m0fnu"]
+_F32_BIAS = 127
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = 2.0**-126
+
+
+# --- the grouped view ---------------------------------------------------------
+
+def _blocks_for(shape: Sequence[int], axes: tuple[int, ...], block: tuple[int, ...] | None):
+  """Block length per grouped axis: the given ones, or the whole axis."""
+  if block is not None:
+    return block
+  return tuple(max(shape[a], 1) for a in axes)
+
+
+def _grouped(x: jax.Array, axes: tuple[int, ...], block: tuple[int, ...], fill=0):
+  """Pads `axes` to whole blocks and splits each into (n_blocks, block).
+
+  Returns the view and the positions of the block-length dimensions.
+  """
+  nd = x.ndim
+  pos = {a % nd: b for a, b in zip(axes, block)}
+  pads, shape, inner = [], [], []
+  for d, n in enumerate(x.shape):
+    if d in pos:
+      b = pos[d]
+      nb = -(-n // b)
+      pads.append((0, nb * b - n))
+      shape += [nb, b]
+      inner.append(len(shape) - 1)
+    else:
+      pads.append((0, 0))
+      shape.append(n)
+  if any(p[1] for p in pads):
+    x = jnp.pad(x, pads, constant_values=fill)
+  return x.reshape(shape), tuple(inner)
+
+
+def _ungrouped(v: jax.Array, shape: Sequence[int], axes: tuple[int, ...]) -> jax.Array:
+  """Inverse of `_grouped`: merge each (n_blocks, block) pair, cut the padding."""
+  grouped = {a % len(shape) for a in axes}
+  merged, i = [], 0
+  for d in range(len(shape)):
+    if d in grouped:
+      merged.append(v.shape[i] * v.shape[i + 1])
+      i += 2
+    else:
+      merged.append(v.shape[i])
+      i += 1
+  v = v.reshape(merged)
+  if tuple(merged) != tuple(shape):
+    v = v[tuple(slice(0, n) for n in shape)]
+  return v
+
+
+def _grid_shape(shape: Sequence[int], axes: tuple[int, ...], block: tuple[int, ...]):
+  nd = len(shape)
+  pos = {a % nd: b for a, b in zip(axes, block)}
+  return tuple(-(-n // pos[d]) if d in pos else n for d, n in enumerate(shape))
+
+
+def _keepdims(grid: jax.Array, view_shape: Sequence[int], inner: tuple[int, ...]) -> jax.Array:
+  """The block grid reshaped to broadcast against the grouped view."""
+  return grid.reshape(tuple(1 if d in inner else n for d, n in enumerate(view_shape)))
+
+
+# --- scales ------------------------------------------------------------------
+
+def _abs_max_bits(v: jax.Array, inner: tuple[int, ...]) -> jax.Array:
+  """The largest finite magnitude per block, as float32, by integer max.
+
+  Magnitude bit patterns order like the values, so an integer max is exact
+  and immune to subnormal flushing; non-finite values count as 0.
+  """
+  src = _checks.FLOAT_LAYOUTS[np.dtype(v.dtype)]
+  u = convert._as_u32(v) & jnp.uint32(src.magnitude_mask)
+  u = jnp.where(u < jnp.uint32(src.inf_magnitude), u, jnp.uint32(0))
+  amax = jnp.max(u, axis=inner, keepdims=True) if u.size else jnp.zeros(
+      tuple(1 if d in inner else n for d, n in enumerate(u.shape)), jnp.uint32)
+  # Widen to float32 exactly with the kernel (no float arithmetic).
+  wide = _bits.convert(amax, src, _layout.FLOAT32, rounding=_bits.NEAREST, overflow=_bits.IEEE)
+  return lax.bitcast_convert_type(wide, jnp.float32)
+
+
+def _pow2_up(s: jax.Array) -> jax.Array:
+  """The smallest power of two >= s, for positive finite float32 s."""
+  u = lax.bitcast_convert_type(s, jnp.uint32)
+  mant_mask = jnp.uint32((1 << 23) - 1)
+  normal = (u + mant_mask) & ~mant_mask  # a carry moves into the exponent
+  # Subnormal: the next power of two of the integer significand.
+  m = jnp.maximum(u, jnp.uint32(1)) - jnp.uint32(1)
+  sub = jnp.where(u <= 1, u, jnp.uint32(1) << (jnp.uint32(32) - lax.clz(m)))
+  return lax.bitcast_convert_type(jnp.where(u > mant_mask, normal, sub), jnp.float32)
+
+
+def _dynamic_scale(amax: jax.Array, fmt: Format, pow2: bool, margin: int) -> jax.Array:
+  target = fmt.max * 2.0 ** -margin  # exact: a power-of-two multiple
+  # Scales stay normal floats, in [2^-126, float32 max]; past the top the
+  # values saturate, below the bottom tiny blocks use fewer codes.
+  scale = _clamp_positive(convert.divide_f32(amax, jnp.float32(target)), _F32_TINY, _F32_MAX)
+  if pow2:
+    scale = _clamp_positive(_pow2_up(scale), _F32_TINY, 2.0**127)
+  return jnp.where(_is_positive(amax), scale, jnp.float32(1))
+
+
+# Scales and amaxes may be float32 subnormals, which XLA:CPU flushes in float
+# comparisons; non-negative floats order like their bit patterns, so compare those.
+def _is_positive(a: jax.Array) -> jax.Array:
+  return lax.bitcast_convert_type(a, jnp.uint32) != 0
+
+
+def _clamp_positive(a: jax.Array, lo: float, hi: float) -> jax.Array:
+  lo_bits, hi_bits = np.array([lo, hi], np.float32).view(np.uint32)
+  u = jnp.clip(lax.bitcast_convert_type(a, jnp.uint32), jnp.uint32(lo_bits), jnp.uint32(hi_bits))
+  return lax.bitcast_convert_type(u, jnp.float32)
+
+
+def max_positive(a: jax.Array, axis=None) -> jax.Array:
+  """The max of non-negative float32 values, exact for subnormals."""
+  return lax.bitcast_convert_type(
+      jnp.max(lax.bitcast_convert_type(a, jnp.uint32), axis=axis), jnp.float32)
+
+
+def _floor_log2(amax: jax.Array) -> jax.Array:
+  """floor(log2(a)) for positive float32 a, from the bits."""
+  u = lax.bitcast_convert_type(amax, jnp.uint32)
+  exp = (u >> 23).astype(jnp.int32)
+  sub = (31 - lax.clz(u).astype(jnp.int32)) - 149
+  return jnp.where(exp > 0, exp - _F32_BIAS, sub)
+
+
+def mx_scale_codes(amax: jax.Array, fmt: Format) -> jax.Array:
+  """OCP MX v1.0 shared exponents as e8m0fnu codes.
+
+  X = 2^(floor(log2(amax)) - emax), emax being the exponent of the element
+  format's largest normal: the spec's choice, which keeps every element's
+  exponent in range and clamps (saturates) the few whose significand then
+  exceeds the element maximum. An all-zero block gets X = 1.
+  """
+  emax = math.floor(math.log2(fmt.max))
+  e = _floor_log2(amax)
+  code = jnp.clip(e - emax + _F32_BIAS, 0, 254)
+  return jnp.where(_is_positive(amax), code, _F32_BIAS).astype(jnp.uint8)
+
+
+def amax(x: Any) -> jax.Array:
+  """The largest finite |x| as a float32 scalar (0 if there is none).
+
+  Example:
+    >>> amax(jnp.array([1.0, -3.0, jnp.inf]))
+    Array(3., dtype=float32)
+  """
+  _checks.float_layout(x, "x")
+  return _amax_all(x)
+
+
+@jax.jit
+def _amax_all(x):
+  return _abs_max_bits(x, tuple(range(x.ndim))).reshape(())
+
+
+def scale_from_amax(amax: Any, fmt: FormatLike = "e4m3fn", *, pow2: bool = False,
+                    margin: int = 0) -> jax.Array:
+  """The dynamic scale for an amax: amax / max * 2^margin, or 1 where amax is 0.
+
+  Example:
+    >>> scale_from_amax(jnp.float32(448.0), "e4m3fn")
+    Array(1., dtype=float32)
+  """
+  return _dynamic_scale(jnp.asarray(amax, jnp.float32), get_format(fmt), pow2, margin)
+
+
+def _scale_f32(q_scale: jax.Array, granularity: str) -> jax.Array:
+  if granularity == MX:
+    return convert.decode_array(q_scale, _E8M0.layout, np.dtype(np.float32))
+  return q_scale
+
+
+# --- quantize / dequantize ---------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=(
+    "fmt", "granularity", "axes", "block", "pow2", "margin", "rounding", "overflow", "pack"))
+def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, margin, rounding,
+              overflow, pack):
+  dst = fmt.layout
+  if granularity == STATIC:
+    bits = convert.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
+                                scale=static_scale, divide=True)
+    scale = static_scale
+  else:
+    blocks = _blocks_for(x.shape, axes, block)
+    view, inner = _grouped(x, axes, blocks)
+    amax = _abs_max_bits(view, inner)
+    if granularity == MX:
+      scale_kd = mx_scale_codes(amax, fmt)
+      divisor = _scale_f32(scale_kd, MX)
+    else:
+      scale_kd = divisor = _dynamic_scale(amax, fmt, pow2, margin)
+    codes = convert.encode_array(view, dst, rounding=rounding, overflow=overflow, key=key,
+                                 scale=divisor, divide=True)
+    bits = _ungrouped(codes, x.shape, axes)
+    scale = scale_kd.reshape(() if granularity == TENSOR else _grid_shape(x.shape, axes, blocks))
+  if pack:
+    bits = packing.pack_fp4(bits)
+  return bits, scale
+
+
+@functools.partial(jax.jit, static_argnames=("fmt", "granularity", "axes", "block", "dtype",
+                                             "packed", "odd"))
+def _dequantize(bits, scale, *, fmt, granularity, axes, block, dtype, packed, odd):
+  if packed:
+    bits = packing._unpack(bits, 2 * bits.shape[-1] - int(odd))
+  scale = _scale_f32(scale, granularity)
+  if granularity == STATIC:
+    return convert.decode_array(bits, fmt.layout, dtype, scale=scale)
+  if granularity == TENSOR:
+    # A per-tensor scale may carry leading batch axes from vmap.
+    scale = scale.reshape(scale.shape + (1,) * (bits.ndim - scale.ndim))
+    return convert.decode_array(bits, fmt.layout, dtype, scale=scale)
+  blocks = _blocks_for(bits.shape, axes, block)
+  view, inner = _grouped(bits, axes, blocks)
+  vals = convert.decode_array(view, fmt.layout, dtype, scale=_keepdims(scale, view.shape, inner))
+  return _ungrouped(vals, bits.shape, axes)
+
+
+def quantize(x: Any, fmt: FormatLike = "e4m3fn", *, scaling: Any = "tensor",
+             axis: int | Sequence[int] = -1, block_size: int | Sequence[int] | None = None,
+             pow2: bool = False, margin: int = 0, rounding: str = "nearest",
+             overflow: str = "saturate", key: jax.Array | None = None,
+             pack: bool = False) -> QArray:
+  """Quantizes `x` to a small float format with scales: `x ≈ decode(bits) * scale`.
+
+  Args:
+    x: bfloat16, float16 or float32 array.
+    fmt: element format (name, `Format` or float8 dtype).
+    scaling: "tensor" (one scale), "axis" (one scale per slice along `axis`),
+      "block" (blocks of `block_size` along `axis`, or 2-D tiles), "mx" (OCP
+      MX: 32-element blocks along `axis`, e8m0fnu power-of-two scales), or a
+      static scale: a positive finite number or float32 array broadcastable
+      to `x`, the multiplier that dequantizes.
+    axis: the axis the groups run along (per axis, block, MX); for 2-D tiles
+      a tuple of two axes (default: the last two).
+    block_size: block length for "block": an int, or a tuple such as
+      (128, 128) for tiles. Edges need not divide: the last block is short.
+    pow2: round each dynamic scale up to a power of two.
+    margin: headroom: scale = amax / max * 2^margin (a non-negative int).
+    rounding: "nearest", "toward_zero" or "stochastic" (needs `key`).
+    overflow: "saturate", "satfinite" or "ieee", for values beyond the range
+      (non-finite inputs, and values over a static or MX scale).
+    key: a jax.random key, for stochastic rounding.
+    pack: FP4 only: pack two codes per byte along the last axis.
+
+  Returns:
+    A `QArray`.
+
+  Example:
+    >>> q = quantize(jnp.array([[1.0, -2.0], [300.0, 4.0]]), "e4m3fn", scaling="axis")
+    >>> q.scale.shape
+    (2, 1)
+  """
+  _checks.float_layout(x, "x")
+  f = get_format(fmt)
+  _checks.rounding(rounding, key)
+  _checks.overflow(overflow)
+  if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
+    raise ValueError(f"margin must be a non-negative int (got {margin!r})")
+  if pack and f.bits != 4:
+    raise ValueError(f"pack=True packs 4-bit formats; fmt {f.name!r} has {f.bits} bits")
+  if pack and x.ndim == 0:
+    raise ValueError("pack=True needs x with at least one axis")
+  granularity, axes, block, static = _plan(x, f, scaling, axis, block_size, pow2)
+  bits, scale = _quantize(x, key, static, fmt=f, granularity=granularity, axes=axes, block=block,
+                          pow2=bool(pow2), margin=int(margin), rounding=rounding,
+                          overflow=overflow, pack=bool(pack))
+  return QArray(bits, scale, f, granularity, axes, block, np.dtype(x.dtype), bool(pack),
+                bool(pack and x.shape[-1] % 2))
+
+
+def dequantize(q: QArray, dtype: Any = jnp.bfloat16) -> jax.Array:
+  """The values of a `QArray`: `decode(bits) * scale`, in float32, then `dtype`.
+
+  Args:
+    q: a QArray from `quantize`.
+    dtype: bfloat16 (default), float16 or float32.
+
+  Returns:
+    An array of `dtype` and `q.shape`.
+
+  Example:
+    >>> dequantize(quantize(jnp.array([1.0, -2.0, 3.0])), jnp.float32)
+    Array([ 1., -2.,  3.], dtype=float32)
+  """
+  if not isinstance(q, QArray):
+    raise TypeError(f"q must be a QArray (got {type(q).__name__})")
+  out_dtype, _ = _checks.target_layout(dtype, "dtype")
+  return _dequantize(q.bits, q.scale, fmt=q.fmt, granularity=q.granularity, axes=q.axes,
+                     block=q.block, dtype=out_dtype, packed=q.packed, odd=q.odd)
+
+
+def _plan(x, fmt: Format, scaling, axis, block_size, pow2):
+  """Checks the granularity arguments; returns (granularity, axes, block, static)."""
+  nd = x.ndim
+  if not isinstance(scaling, str):
+    static = _static_scale(scaling, x.shape)
+    if pow2:
+      raise ValueError("pow2 rounds dynamic scales; a static scale is used as given")
+    return STATIC, (), None, static
+  if scaling not in GRANULARITIES:
+    raise ValueError(f"scaling must be one of {', '.join(map(repr, GRANULARITIES))} or a "
+                     f"static scale (got {scaling!r})")
+  if scaling == TENSOR:
+    return TENSOR, tuple(range(-nd, 0)), None, None
+  if scaling == MX:
+    if fmt.name not in MX_ELEMENTS or fmt != FORMATS[fmt.name]:
+      raise ValueError(f"scaling='mx' needs an MX element format, one of "
+                       f"{', '.join(MX_ELEMENTS)} (got {fmt.name!r})")
+    if block_size not in (None, MX_BLOCK):
+      raise ValueError(f"scaling='mx' uses blocks of {MX_BLOCK} (got block_size={block_size!r})")
+    if pow2:
+      raise ValueError("pow2 does not apply to scaling='mx': its scales are powers of two")
+    return MX, (_axis(axis, nd),), (MX_BLOCK,), None
+  if scaling == AXIS:
+    if block_size is not None:
+      raise ValueError("block_size applies to scaling='block' (got scaling='axis')")
+    return AXIS, (_axis(axis, nd),), None, None
+  # BLOCK
+  sizes = (block_size,) if not isinstance(block_size, (tuple, list)) else tuple(block_size)
+  if (block_size is None or not sizes or any(isinstance(b, bool) or not isinstance(
+      b, (int, np.integer)) or b <= 0 for b in sizes)):
+    raise ValueError("block_size must be a positive int or a tuple of them for "
+                     f"scaling='block' (got {block_size!r})")
+  k = len(sizes)
+  if isinstance(axis, (tuple, list)):
+    axes = tuple(axis)
+  elif k == 1:
+    axes = (axis,)
+  elif axis == -1:
+    axes = tuple(range(-k, 0))  # tiles over the last k axes
+  else:
+    raise ValueError(f"block_size {tuple(sizes)} tiles {k} axes; axis must be a tuple of {k} "
+                     f"axes (got {axis!r})")
+  if len(axes) != k:
+    raise ValueError(f"block_size {tuple(sizes)} has {k} entries but axis {axis!r} names "
+                     f"{len(axes)} axes")
+  axes = tuple(_axis(a, nd) for a in axes)
+  if len(set(axes)) != k:
+    raise ValueError(f"axis must name distinct axes (got {axis!r})")
+  order = sorted(range(k), key=lambda i: axes[i])
+  return BLOCK, tuple(axes[i] for i in order), tuple(int(sizes[i]) for i in order), None
+
+
+def _axis(axis: Any, nd: int) -> int:
+  if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+    raise TypeError(f"axis must be an int (got {type(axis).__name__})")
+  if not -nd <= axis < nd:
+    raise ValueError(f"axis {axis} is out of range for a {nd}-D x")
+  return int(axis) % nd - nd  # negative: stable when vmap adds leading axes
+
+
+def _static_scale(scale: Any, shape: Sequence[int]) -> jax.Array:
+  if isinstance(scale, jax.core.Tracer):
+    return jnp.asarray(scale, jnp.float32)  # known at run time only: used as given
+  checked = _checks.scale_factor(scale, "scaling")
+  arr = np.asarray(scale, np.float32)
+  if np.any(arr < 0):
+    raise ValueError(f"scaling must be positive (got {scale!r})")
+  if checked is None:
+    return jnp.asarray(arr)
+  try:
+    ok = np.broadcast_shapes(arr.shape, tuple(shape)) == tuple(shape)
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(f"scaling of shape {arr.shape} must broadcast to x's shape {tuple(shape)}")
+  return checked
