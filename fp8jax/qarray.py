@@ -20,7 +20,7 @@ STATIC = "static"
 class QArray:
   """A quantized array: `x ≈ decode(bits, fmt) * scale`, scale expanded per group.
 
-  A registered pytree: `bits` and `scale` are its leaves, everything else is
+  A registered pytree: `bits`, `scale` (and `nan_count`) are its leaves, the rest is
   static, so a QArray passes through `jit`, `vmap`, `scan` and `shard_map`.
 
   Attributes:
@@ -40,6 +40,8 @@ class QArray:
     dtype: dtype of the original array.
     packed: whether FP4 codes are packed two per byte.
     odd: with `packed`, whether the original last axis was odd.
+    nan_count: for formats without NaN (FP6, FP4), the number of NaN inputs,
+      which were encoded as zero codes (int32 scalar); None otherwise.
   """
 
   bits: jax.Array
@@ -51,6 +53,7 @@ class QArray:
   dtype: np.dtype
   packed: bool = False
   odd: bool = False
+  nan_count: jax.Array | None = None
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -72,5 +75,5 @@ class QArray:
 
 
 jax.tree_util.register_dataclass(
-    QArray, data_fields=["bits", "scale"],
+    QArray, data_fields=["bits", "scale", "nan_count"],
     meta_fields=["fmt", "granularity", "axes", "block", "dtype", "packed", "odd"])

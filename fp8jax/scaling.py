@@ -234,8 +234,10 @@ def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, marg
     bits = _ungrouped(codes, x.shape, axes)
     scale = scale_kd.reshape(() if granularity == TENSOR else _grid_shape(x.shape, axes, blocks))
   if pack:
-    bits = packing.pack_fp4(bits)
-  return bits, scale
+    bits = packing._pack(bits)
+  # Formats without NaN encode NaN as a zero: count them, so none vanish unseen.
+  nan_count = None if fmt.has_nan else jnp.sum(jnp.isnan(x), dtype=jnp.int32)
+  return bits, scale, nan_count
 
 
 @functools.partial(jax.jit, static_argnames=("fmt", "granularity", "axes", "block", "dtype",
@@ -297,16 +299,19 @@ def quantize(x: Any, fmt: FormatLike = "e4m3fn", *, scaling: Any = "tensor",
   _checks.overflow(overflow)
   if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
     raise ValueError(f"margin must be a non-negative int (got {margin!r})")
+  if not f.signed:
+    raise ValueError(f"fmt {f.name!r} is unsigned (a scale format); quantize needs a signed "
+                     "element format")
   if pack and f.bits != 4:
     raise ValueError(f"pack=True packs 4-bit formats; fmt {f.name!r} has {f.bits} bits")
   if pack and x.ndim == 0:
     raise ValueError("pack=True needs x with at least one axis")
   granularity, axes, block, static = _plan(x, f, scaling, axis, block_size, pow2)
-  bits, scale = _quantize(x, key, static, fmt=f, granularity=granularity, axes=axes, block=block,
+  bits, scale, nan_count = _quantize(x, key, static, fmt=f, granularity=granularity, axes=axes, block=block,
                           pow2=bool(pow2), margin=int(margin), rounding=rounding,
                           overflow=overflow, pack=bool(pack))
   return QArray(bits, scale, f, granularity, axes, block, np.dtype(x.dtype), bool(pack),
-                bool(pack and x.shape[-1] % 2))
+                bool(pack and x.shape[-1] % 2), nan_count)
 
 
 def dequantize(q: QArray, dtype: Any = jnp.bfloat16) -> jax.Array:

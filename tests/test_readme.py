@@ -45,3 +45,14 @@ def test_first_shell_block_opens_with_demo_then_tests():
   assert block[1].endswith("python -m pytest -q")
   ci = open(os.path.join(os.path.dirname(README), ".ci", "run")).read()
   assert block[1] in ci
+
+
+def test_python_examples_run():
+  text = open(README).read()
+  blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+  assert len(blocks) >= 3
+  namespace: dict = {}
+  for block in blocks:
+    exec(compile(block, README, "exec"), namespace)  # noqa: S102 - our own README
+  assert namespace["w_hat"].shape == (300, 260)
+  assert namespace["ys"].shape == (50, 1024)

@@ -13,7 +13,7 @@ from tests import scaling_reference as ref
 from tests.conftest import DTYPES, assert_codes_equal, dtype_id
 
 F = fp8jax.FORMATS
-FORMATS = [F["e4m3fn"], F["e5m2"], F["e4m3fnuz"], F["e2m1fn"], F["e3m2fn"]]
+FORMATS = [f for f in F.values() if f.signed]  # every element format
 MX_FORMATS = [F[n] for n in fp8jax.scaling.MX_ELEMENTS]
 
 LAYOUTS = [  # (id, quantize kwargs, reference arguments)
@@ -205,7 +205,7 @@ def test_jit_and_vmap_match_eager(layout):
 def test_qarray_is_a_pytree():
   q = fp8jax.quantize(jnp.ones((4, 8)), scaling="axis")
   leaves, tree = jax.tree_util.tree_flatten(q)
-  assert len(leaves) == 2
+  assert len(leaves) == 2  # bits and scale; nan_count is None for e4m3fn
   again = jax.tree_util.tree_unflatten(tree, leaves)
   assert again.granularity == "axis" and again.axes == (-1,)
   out = jax.jit(lambda q: fp8jax.dequantize(q, jnp.float32))(q)
@@ -251,6 +251,8 @@ def test_stochastic_quantize_is_reproducible_and_unbiased():
     (lambda x: fp8jax.quantize(x, scaling="row"), ValueError, r"scaling must be one of"),
     (lambda x: fp8jax.quantize(x, margin=-1), ValueError, r"margin must be a non-negative int"),
     (lambda x: fp8jax.quantize(x, "e4m3fn", pack=True), ValueError, r"pack=True packs 4-bit"),
+    (lambda x: fp8jax.quantize(x, "e8m0fnu"), ValueError,
+     r"fmt 'e8m0fnu' is unsigned \(a scale format\); quantize needs a signed element format"),
     (lambda x: fp8jax.quantize(x.astype(jnp.int32)), TypeError, r"x must be bfloat16"),
     (lambda x: fp8jax.dequantize(x), TypeError, r"q must be a QArray"),
     (lambda x: fp8jax.DelayedScaling(history=0), ValueError, r"history must be a positive int"),
@@ -259,3 +261,13 @@ def test_stochastic_quantize_is_reproducible_and_unbiased():
 def test_bad_arguments(call, exc, match):
   with pytest.raises(exc, match=match):
     call(jnp.ones((4, 6), jnp.float32))
+
+
+def test_nan_inputs_are_counted_for_formats_without_nan():
+  x = jnp.asarray([1.0, jnp.nan, 2.0, jnp.nan, jnp.inf], jnp.float32)
+  q = fp8jax.quantize(x, "e2m1fn", scaling="tensor")
+  assert int(q.nan_count) == 2
+  assert fp8jax.quantize(x, "e4m3fn").nan_count is None
+  batched = jax.vmap(lambda r: fp8jax.quantize(r, "e3m2fn", scaling="mx"))(
+      jnp.stack([x, x.at[0].set(jnp.nan)]))
+  np.testing.assert_array_equal(np.asarray(batched.nan_count), [2, 3])

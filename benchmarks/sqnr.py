@@ -1,0 +1,75 @@
+"""Quantization error (SQNR, dB) of each granularity on 4096x4096 bf16 tensors.
+
+Usage: python benchmarks/sqnr.py [--size 4096]
+
+Prints a Markdown table (the one in the README) and writes it, with the raw
+numbers, to benchmarks/results/sqnr.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fp8jax
+
+LAYOUTS = {
+    "tensor": dict(scaling="tensor"),
+    "axis (per row)": dict(scaling="axis", axis=-1),
+    "block 1x128": dict(scaling="block", block_size=128),
+    "tile 128x128": dict(scaling="block", block_size=(128, 128)),
+    "mx (32, e8m0)": dict(scaling="mx"),
+}
+FORMATS = ["e4m3fn", "e5m2"]
+
+
+def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
+  x = x.astype(np.float64)
+  err = np.sum((x - y.astype(np.float64)) ** 2)
+  return float("inf") if err == 0 else float(10 * np.log10(np.sum(x * x) / err))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", type=int, default=4096)
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                    "sqnr.json"))
+  args = parser.parse_args()
+  n = args.size
+  rng = np.random.default_rng(0)
+  data = {
+      "gaussian": rng.standard_normal((n, n)),
+      "student-t (3 dof)": rng.standard_t(3, (n, n)),
+  }
+  results = {}
+  for dname, arr in data.items():
+    x = jnp.asarray(arr, jnp.bfloat16)
+    xs = np.asarray(x, np.float32)
+    for fmt in FORMATS:
+      for lname, kwargs in LAYOUTS.items():
+        y = np.asarray(fp8jax.dequantize(fp8jax.quantize(x, fmt, **kwargs), jnp.float32))
+        results[f"{dname} | {fmt} | {lname}"] = sqnr_db(xs, y)
+  head = "| data | format | " + " | ".join(LAYOUTS) + " |"
+  rows = [head, "|" + " --- |" * (len(LAYOUTS) + 2)]
+  for dname in data:
+    for fmt in FORMATS:
+      vals = [f"{results[f'{dname} | {fmt} | {l}']:.1f}" for l in LAYOUTS]
+      rows.append(f"| {dname} | {fmt} | " + " | ".join(vals) + " |")
+  table = "\n".join(rows)
+  print(table)
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(args.out), suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump({"size": n, "sqnr_db": results, "table": table, "jax": jax.__version__}, f,
+              indent=2)
+  os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+  main()
