@@ -51,10 +51,14 @@ def code_array(bits: Any, argname: str) -> None:
     raise TypeError(f"{argname} must be uint8 (or int8) codes (got {dtype})")
 
 
-def rounding(value: Any, key: Any) -> None:
+def rounding_name(value: Any) -> None:
   if value not in _bits.ROUNDINGS:
     raise ValueError(f"rounding must be one of {', '.join(map(repr, _bits.ROUNDINGS))} "
                      f"(got {value!r})")
+
+
+def rounding(value: Any, key: Any) -> None:
+  rounding_name(value)
   if value == _bits.STOCHASTIC:
     if key is None:
       raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
@@ -88,24 +92,39 @@ def _describe(x: Any) -> str:
   return f"{dtype}{list(getattr(x, 'shape', ()))}"
 
 
-def scale_factor(value: Any, argname: str = "scaling_factor") -> Any:
-  """Checks a scale: finite and nonzero where it is known now.
+def scale_factor(value: Any, argname: str, shape: tuple[int, ...], *,
+                 positive: bool = False) -> jax.Array:
+  """Checks a scale where it is known now and returns it as float32.
 
-  Returns None for the identity scale 1.0, which skips scaling altogether,
-  else a float32 array (or the traced array as given).
+  Finite and nonzero (and positive, if asked), broadcastable to `shape`
+  without changing it. A traced scale (inside `jax.jit`) is returned as
+  given: it cannot be checked before run time, and IEEE rules apply to it.
   """
   if isinstance(value, bool) or not isinstance(
       value, (int, float, np.integer, np.floating, np.ndarray, jax.Array)):
     raise TypeError(f"{argname} must be a number or a float array (got {type(value).__name__})")
   if isinstance(value, jax.core.Tracer):
-    return value.astype(jnp.float32)  # unknown until run time: IEEE rules apply
+    return value.astype(jnp.float32)
   with np.errstate(over="ignore"):
     arr = np.asarray(value, dtype=np.float32)
   if not np.all(np.isfinite(arr)) or np.any(arr == 0):
     raise ValueError(f"{argname} must be finite and nonzero in float32 (got {value!r})")
-  if arr.ndim == 0 and float(arr) == 1.0:
-    return None
+  if positive and np.any(arr < 0):
+    raise ValueError(f"{argname} must be positive (got {value!r})")
+  try:
+    ok = np.broadcast_shapes(arr.shape, tuple(shape)) == tuple(shape)
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(f"{argname} of shape {arr.shape} must broadcast to the input's shape "
+                     f"{tuple(shape)}")
   return jnp.asarray(arr)
+
+
+def is_one(scale: jax.Array) -> bool:
+  """Whether a checked scale is the concrete scalar 1 (scaling can be skipped)."""
+  return (not isinstance(scale, jax.core.Tracer) and scale.ndim == 0
+          and float(scale) == 1.0)
 
 
 def out(value: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:

@@ -36,17 +36,10 @@ def resolve_format(n_mantissa: int | None, format: FormatLike | None) -> Format:
   return fmt
 
 
-def _scale_for(scaling_factor: Any, shape: tuple[int, ...]) -> jax.Array | None:
-  scale = _checks.scale_factor(scaling_factor)
-  if scale is not None:
-    try:
-      ok = np.broadcast_shapes(scale.shape, shape) == tuple(shape)
-    except ValueError:
-      ok = False
-    if not ok:
-      raise ValueError(f"scaling_factor of shape {tuple(scale.shape)} must broadcast to the "
-                       f"tensor's shape {tuple(shape)}")
-  return scale
+def scale_or_none(scaling_factor: Any, shape: tuple[int, ...]) -> jax.Array | None:
+  """The checked `scaling_factor`, or None for 1.0, which skips scaling."""
+  scale = _checks.scale_factor(scaling_factor, "scaling_factor", shape)
+  return None if _checks.is_one(scale) else scale
 
 
 def round_to_fp8_represented_as_int8(t: Any, n_mantissa: int | None, out: Any = None,
@@ -81,7 +74,7 @@ def round_to_fp8_represented_as_int8(t: Any, n_mantissa: int | None, out: Any = 
   fmt = resolve_format(n_mantissa, format)
   _checks.rounding(rounding, key)
   _checks.overflow(overflow)
-  scale = _scale_for(scaling_factor, t.shape)
+  scale = scale_or_none(scaling_factor, t.shape)
   _checks.out(out, t.shape, np.dtype(np.uint8))
   return convert.encode_into(t, fmt, scale, out, rounding=rounding, overflow=overflow, key=key)
 
@@ -112,7 +105,7 @@ def undo_int8_fp8(fp8_tensor: Any, n_mantissa: int | None, target_dt: Any = jnp.
   _checks.code_array(fp8_tensor, "fp8_tensor")
   fmt = resolve_format(n_mantissa, format)
   out_dtype, _ = _checks.target_layout(target_dt, "target_dt")
-  scale = _scale_for(scaling_factor, fp8_tensor.shape)
+  scale = scale_or_none(scaling_factor, fp8_tensor.shape)
   _checks.out(out, fp8_tensor.shape, out_dtype)
   return convert.decode_into(fp8_tensor, fmt, out_dtype, scale, out)
 

@@ -396,18 +396,4 @@ def _axis(axis: Any, nd: int) -> int:
 
 
 def _static_scale(scale: Any, shape: Sequence[int]) -> jax.Array:
-  if isinstance(scale, jax.core.Tracer):
-    return jnp.asarray(scale, jnp.float32)  # known at run time only: used as given
-  checked = _checks.scale_factor(scale, "scaling")
-  arr = np.asarray(scale, np.float32)
-  if np.any(arr < 0):
-    raise ValueError(f"scaling must be positive (got {scale!r})")
-  if checked is None:
-    return jnp.asarray(arr)
-  try:
-    ok = np.broadcast_shapes(arr.shape, tuple(shape)) == tuple(shape)
-  except ValueError:
-    ok = False
-  if not ok:
-    raise ValueError(f"scaling of shape {arr.shape} must broadcast to x's shape {tuple(shape)}")
-  return checked
+  return _checks.scale_factor(scale, "scaling", tuple(shape), positive=True)
