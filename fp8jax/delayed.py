@@ -71,7 +71,8 @@ class DelayedScaling:
 
   def quantize(self, x: Any, state: DelayedState, fmt: FormatLike = "e4m3fn", *,
                rounding: str = "nearest", overflow: str = "saturate",
-               key: jax.Array | None = None) -> tuple[QArray, DelayedState]:
+               key: jax.Array | None = None, axis_name: Any = None
+               ) -> tuple[QArray, DelayedState]:
     """Quantizes `x` with the state's scale; returns the QArray and the next state.
 
     Args:
@@ -79,6 +80,9 @@ class DelayedScaling:
       state: the current `DelayedState`.
       fmt: element format.
       rounding, overflow, key: as in `fp8jax.quantize`.
+      axis_name: inside `shard_map`, the mesh axes x is split over; the amax
+        is then one all-reduce over them. Under `jax.jit` on sharded arrays
+        XLA inserts that all-reduce itself. The history stays replicated.
 
     Returns:
       `(QArray, DelayedState)`.
@@ -86,7 +90,7 @@ class DelayedScaling:
     f = get_format(fmt)
     q = scaling.quantize(x, f, scaling=state.scale, rounding=rounding, overflow=overflow,
                          key=key)
-    return q, self.update(state, scaling.amax(x), f)
+    return q, self.update(state, scaling.amax(x, axis_name), f)
 
   def update(self, state: DelayedState, amax: jax.Array, fmt: FormatLike = "e4m3fn"
              ) -> DelayedState:

@@ -46,42 +46,104 @@ def _blocks_for(shape: Sequence[int], axes: tuple[int, ...], block: tuple[int, .
   return tuple(max(shape[a], 1) for a in axes)
 
 
+def _spec(x: jax.Array) -> tuple | None:
+  """The explicit sharding spec of x, one entry per dimension, or None.
+
+  Under explicit sharding (meshes made with AxisType.Explicit, the default
+  of `jax.make_mesh`), reshapes that split or merge sharded dimensions must
+  say where the shards go; under automatic sharding XLA decides.
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = tuple(getattr(sharding, "spec", ()) or ())
+  spec = spec + (None,) * (x.ndim - len(spec))
+  return spec if any(e is not None for e in spec) else None
+
+
+def _reshape(x: jax.Array, shape: Sequence[int], spec: tuple | None) -> jax.Array:
+  if spec is None:
+    return x.reshape(tuple(shape))
+  sharding = jax.sharding.NamedSharding(jax.typeof(x).sharding.mesh, jax.sharding.PartitionSpec(*spec))
+  return lax.reshape(x, tuple(shape), out_sharding=sharding)
+
+
+def _shards(x: jax.Array, entry) -> int:
+  names = entry if isinstance(entry, tuple) else (entry,)
+  return math.prod(jax.typeof(x).sharding.mesh.shape[n] for n in names)
+
+
 def _grouped(x: jax.Array, axes: tuple[int, ...], block: tuple[int, ...], fill=0):
   """Pads `axes` to whole blocks and splits each into (n_blocks, block).
 
-  Returns the view and the positions of the block-length dimensions.
+  Returns the view and the positions of the block-length dimensions. A
+  sharded dimension keeps its shards on the blocks when they do not
+  straddle shards, and on the block itself when one block spans the axis.
   """
   nd = x.ndim
   pos = {a % nd: b for a, b in zip(axes, block)}
-  pads, shape, inner = [], [], []
+  spec = _spec(x)
+  pads, shape, inner, out_spec = [], [], [], []
   for d, n in enumerate(x.shape):
+    entry = spec[d] if spec else None
     if d in pos:
       b = pos[d]
       nb = -(-n // b)
       pads.append((0, nb * b - n))
       shape += [nb, b]
       inner.append(len(shape) - 1)
+      if entry is None:
+        out_spec += [None, None]
+      elif nb % _shards(x, entry) == 0:
+        out_spec += [entry, None]
+      elif nb == 1:
+        out_spec += [None, entry]
+      else:
+        raise ValueError(f"blocks of {b} along axis {d - nd} straddle its {_shards(x, entry)} "
+                         f"shards of {n // _shards(x, entry)}; choose a block size that divides "
+                         "the shard, or reshard x first")
     else:
       pads.append((0, 0))
       shape.append(n)
+      out_spec.append(entry)
   if any(p[1] for p in pads):
     x = jnp.pad(x, pads, constant_values=fill)
-  return x.reshape(shape), tuple(inner)
+  return _reshape(x, shape, tuple(out_spec) if spec else None), tuple(inner)
+
+
+def _merged(v: jax.Array, pairs: set[int]) -> jax.Array:
+  """Merges each dimension in `pairs` with the one after it."""
+  spec = _spec(v)
+  shape, out_spec, i = [], [], 0
+  while i < v.ndim:
+    if i in pairs:
+      shape.append(v.shape[i] * v.shape[i + 1])
+      if spec:
+        out_spec.append(spec[i] if spec[i] is not None else spec[i + 1])
+      i += 2
+    else:
+      shape.append(v.shape[i])
+      if spec:
+        out_spec.append(spec[i])
+      i += 1
+  return _reshape(v, shape, tuple(out_spec) if spec else None)
+
+
+def _pair_starts(nd: int, axes: tuple[int, ...]) -> set[int]:
+  """Positions, in the grouped view, of the n_blocks dimension of each grouped axis."""
+  grouped = {a % nd for a in axes}
+  starts, i = set(), 0
+  for d in range(nd):
+    if d in grouped:
+      starts.add(i)
+      i += 2
+    else:
+      i += 1
+  return starts
 
 
 def _ungrouped(v: jax.Array, shape: Sequence[int], axes: tuple[int, ...]) -> jax.Array:
   """Inverse of `_grouped`: merge each (n_blocks, block) pair, cut the padding."""
-  grouped = {a % len(shape) for a in axes}
-  merged, i = [], 0
-  for d in range(len(shape)):
-    if d in grouped:
-      merged.append(v.shape[i] * v.shape[i + 1])
-      i += 2
-    else:
-      merged.append(v.shape[i])
-      i += 1
-  v = v.reshape(merged)
-  if tuple(merged) != tuple(shape):
+  v = _merged(v, _pair_starts(len(shape), axes))
+  if tuple(v.shape) != tuple(shape):
     v = v[tuple(slice(0, n) for n in shape)]
   return v
 
@@ -94,22 +156,35 @@ def _grid_shape(shape: Sequence[int], axes: tuple[int, ...], block: tuple[int, .
 
 def _keepdims(grid: jax.Array, view_shape: Sequence[int], inner: tuple[int, ...]) -> jax.Array:
   """The block grid reshaped to broadcast against the grouped view."""
-  return grid.reshape(tuple(1 if d in inner else n for d, n in enumerate(view_shape)))
+  spec = _spec(grid)
+  shape, out_spec, g = [], [], 0
+  for d, n in enumerate(view_shape):
+    if d in inner:
+      shape.append(1)
+      out_spec.append(None)
+    else:
+      shape.append(n)
+      out_spec.append(spec[g] if spec else None)
+      g += 1
+  return _reshape(grid, shape, tuple(out_spec) if spec else None)
 
 
 # --- scales ------------------------------------------------------------------
 
-def _abs_max_bits(v: jax.Array, inner: tuple[int, ...]) -> jax.Array:
+def _abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None) -> jax.Array:
   """The largest finite magnitude per block, as float32, by integer max.
 
   Magnitude bit patterns order like the values, so an integer max is exact
-  and immune to subnormal flushing; non-finite values count as 0.
+  and immune to subnormal flushing; non-finite values count as 0. With
+  `axis_name` (inside `shard_map`), the max also runs over those mesh axes.
   """
   src = _checks.FLOAT_LAYOUTS[np.dtype(v.dtype)]
   u = convert._as_u32(v) & jnp.uint32(src.magnitude_mask)
   u = jnp.where(u < jnp.uint32(src.inf_magnitude), u, jnp.uint32(0))
   amax = jnp.max(u, axis=inner, keepdims=True) if u.size else jnp.zeros(
       tuple(1 if d in inner else n for d, n in enumerate(u.shape)), jnp.uint32)
+  if axis_name is not None:
+    amax = lax.pmax(amax, axis_name)
   # Widen to float32 exactly with the kernel (no float arithmetic).
   wide = _bits.convert(amax, src, _layout.FLOAT32, rounding=_bits.NEAREST, overflow=_bits.IEEE)
   return lax.bitcast_convert_type(wide, jnp.float32)
@@ -176,20 +251,25 @@ def mx_scale_codes(amax: jax.Array, fmt: Format) -> jax.Array:
   return jnp.where(_is_positive(amax), code, _F32_BIAS).astype(jnp.uint8)
 
 
-def amax(x: Any) -> jax.Array:
+def amax(x: Any, axis_name: Any = None) -> jax.Array:
   """The largest finite |x| as a float32 scalar (0 if there is none).
+
+  Args:
+    x: bfloat16, float16 or float32 array.
+    axis_name: inside `shard_map`, the mesh axes x is split over: the max
+      then covers the whole array (one all-reduce).
 
   Example:
     >>> amax(jnp.array([1.0, -3.0, jnp.inf]))
     Array(3., dtype=float32)
   """
   _checks.float_layout(x, "x")
-  return _amax_all(x)
+  return _amax_all(x, axis_name)
 
 
-@jax.jit
-def _amax_all(x):
-  return _abs_max_bits(x, tuple(range(x.ndim))).reshape(())
+@functools.partial(jax.jit, static_argnums=1)
+def _amax_all(x, axis_name):
+  return _abs_max_bits(x, tuple(range(x.ndim)), axis_name).reshape(())
 
 
 def scale_from_amax(amax: Any, fmt: FormatLike = "e4m3fn", *, pow2: bool = False,
@@ -212,9 +292,10 @@ def _scale_f32(q_scale: jax.Array, granularity: str) -> jax.Array:
 # --- quantize / dequantize ---------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=(
-    "fmt", "granularity", "axes", "block", "pow2", "margin", "rounding", "overflow", "pack"))
+    "fmt", "granularity", "axes", "block", "pow2", "margin", "rounding", "overflow", "pack",
+    "axis_name"))
 def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, margin, rounding,
-              overflow, pack):
+              overflow, pack, axis_name):
   dst = fmt.layout
   if granularity == STATIC:
     bits = convert.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
@@ -223,7 +304,7 @@ def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, marg
   else:
     blocks = _blocks_for(x.shape, axes, block)
     view, inner = _grouped(x, axes, blocks)
-    amax = _abs_max_bits(view, inner)
+    amax = _abs_max_bits(view, inner, axis_name)
     if granularity == MX:
       scale_kd = mx_scale_codes(amax, fmt)
       divisor = _scale_f32(scale_kd, MX)
@@ -232,7 +313,10 @@ def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, marg
     codes = convert.encode_array(view, dst, rounding=rounding, overflow=overflow, key=key,
                                  scale=divisor, divide=True)
     bits = _ungrouped(codes, x.shape, axes)
-    scale = scale_kd.reshape(() if granularity == TENSOR else _grid_shape(x.shape, axes, blocks))
+    if granularity == TENSOR:
+      scale = scale_kd.reshape(())
+    else:
+      scale = _merged(scale_kd, _pair_starts(x.ndim, axes))
   if pack:
     bits = packing._pack(bits)
   # Formats without NaN encode NaN as a zero: count them, so none vanish unseen.
@@ -262,7 +346,7 @@ def quantize(x: Any, fmt: FormatLike = "e4m3fn", *, scaling: Any = "tensor",
              axis: int | Sequence[int] = -1, block_size: int | Sequence[int] | None = None,
              pow2: bool = False, margin: int = 0, rounding: str = "nearest",
              overflow: str = "saturate", key: jax.Array | None = None,
-             pack: bool = False) -> QArray:
+             pack: bool = False, axis_name: Any = None) -> QArray:
   """Quantizes `x` to a small float format with scales: `x ≈ decode(bits) * scale`.
 
   Args:
@@ -284,6 +368,12 @@ def quantize(x: Any, fmt: FormatLike = "e4m3fn", *, scaling: Any = "tensor",
       (non-finite inputs, and values over a static or MX scale).
     key: a jax.random key, for stochastic rounding.
     pack: FP4 only: pack two codes per byte along the last axis.
+    axis_name: for per-shard code inside `shard_map`: the mesh axis name (or
+      tuple of names) that split the groups, so that the amax is reduced over
+      them too (one all-reduce): for "tensor" every mesh axis x is split
+      over, for "axis" those splitting `axis`. Blocks and MX blocks must lie
+      within a shard, so they take none. Not needed under `jax.jit`, where
+      XLA inserts the reduction itself.
 
   Returns:
     A `QArray`.
@@ -307,9 +397,13 @@ def quantize(x: Any, fmt: FormatLike = "e4m3fn", *, scaling: Any = "tensor",
   if pack and x.ndim == 0:
     raise ValueError("pack=True needs x with at least one axis")
   granularity, axes, block, static = _plan(x, f, scaling, axis, block_size, pow2)
+  if axis_name is not None and granularity not in (TENSOR, AXIS):
+    raise ValueError(f"axis_name applies to scaling='tensor' and 'axis'; {granularity} groups "
+                     "must lie within a shard and need no reduction across shards")
   bits, scale, nan_count = _quantize(x, key, static, fmt=f, granularity=granularity, axes=axes, block=block,
                           pow2=bool(pow2), margin=int(margin), rounding=rounding,
-                          overflow=overflow, pack=bool(pack))
+                          overflow=overflow, pack=bool(pack),
+                          axis_name=tuple(axis_name) if isinstance(axis_name, list) else axis_name)
   return QArray(bits, scale, f, granularity, axes, block, np.dtype(x.dtype), bool(pack),
                 bool(pack and x.shape[-1] % 2), nan_count)
 
