@@ -74,3 +74,17 @@ def test_two_processes_give_the_single_process_bits(tmp_path):
     ref = fp8jax.quantize(x, "e4m3fn", **kwargs)
     np.testing.assert_array_equal(got["bits"], np.asarray(ref.bits))
     np.testing.assert_array_equal(got["scale"], np.asarray(ref.scale))
+
+
+def test_the_example_gives_the_same_codes_on_eight_devices_and_one():
+  script = os.path.join(ROOT, "examples", "sharded_quantize.py")
+  outs = []
+  for n in (8, 1):
+    env = _env(n)
+    proc = subprocess.run([sys.executable, script, str(n)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outs.append(proc.stdout)
+  assert outs[0].startswith("8 device(s)") and outs[1].startswith("1 device(s)")
+  checksum = [re.search(r"checksum of the codes: (\d+)", o).group(1) for o in outs]
+  assert checksum[0] == checksum[1]
