@@ -1,11 +1,11 @@
-"""First timing: fp8jax.encode (bf16 -> e4m3fn) against XLA's astype, one process.
+"""First timing: fp8jax.encode (bf16 -> e4m3fn) against XLA's astype, in one process.
 
 Usage: python benchmarks/encode_vs_astype.py [--elements 67108864] [--repeats 15]
 
 Reports the median wall time of each, with a fresh output per call and with
-the output buffer donated back (`out=`), plus the first call's time (compile and one run). Writes the
-numbers to benchmarks/results/encode_vs_astype.json as well (written to a
-temporary file first, so a partial file never appears).
+the output buffer donated back (`out=`), plus the first call's time (compile
+and one run). Writes the numbers to benchmarks/results/encode_vs_astype.json
+as well (through a temporary file, so a partial file never appears).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def main() -> None:
   rows = [head, "|" + " --- |" * (len(LAYOUTS) + 2)]
   for dname in data:
     for fmt in FORMATS:
-      vals = [f"{results[f'{dname} | {fmt} | {l}']:.1f}" for l in LAYOUTS]
+      vals = [f"{results[f'{dname} | {fmt} | {name}']:.1f}" for name in LAYOUTS]
       rows.append(f"| {dname} | {fmt} | " + " | ".join(vals) + " |")
   table = "\n".join(rows)
   print(table)

@@ -146,7 +146,8 @@ def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
   zero_scale = s_zero if not divide else s_inf
   inf_scale = s_inf if not divide else s_zero
   is_nan = is_nan | s_nan | (is_inf & zero_scale) | (is_zero & inf_scale)
-  is_inf = ~is_nan & (is_inf | (finite & (inf_scale | (new_exp - src.bias >= _F32_OVERFLOW_EXPONENT))))
+  too_big = new_exp - src.bias >= _F32_OVERFLOW_EXPONENT
+  is_inf = ~is_nan & (is_inf | (finite & (inf_scale | too_big)))
   is_zero = ~is_nan & ~is_inf & (is_zero | zero_scale)
   new_mant = jnp.where(is_zero, _u32(0), new_mant)
   # A NaN input keeps its sign, as float32 multiplication on CPUs does.

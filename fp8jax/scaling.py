@@ -62,7 +62,8 @@ def _spec(x: jax.Array) -> tuple | None:
 def _reshape(x: jax.Array, shape: Sequence[int], spec: tuple | None) -> jax.Array:
   if spec is None:
     return x.reshape(tuple(shape))
-  sharding = jax.sharding.NamedSharding(jax.typeof(x).sharding.mesh, jax.sharding.PartitionSpec(*spec))
+  mesh = jax.typeof(x).sharding.mesh
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
   return lax.reshape(x, tuple(shape), out_sharding=sharding)
 
 
@@ -146,12 +147,6 @@ def _ungrouped(v: jax.Array, shape: Sequence[int], axes: tuple[int, ...]) -> jax
   if tuple(v.shape) != tuple(shape):
     v = v[tuple(slice(0, n) for n in shape)]
   return v
-
-
-def _grid_shape(shape: Sequence[int], axes: tuple[int, ...], block: tuple[int, ...]):
-  nd = len(shape)
-  pos = {a % nd: b for a, b in zip(axes, block)}
-  return tuple(-(-n // pos[d]) if d in pos else n for d, n in enumerate(shape))
 
 
 def _keepdims(grid: jax.Array, view_shape: Sequence[int], inner: tuple[int, ...]) -> jax.Array:
@@ -400,10 +395,12 @@ def quantize(x: Any, fmt: FormatLike = "e4m3fn", *, scaling: Any = "tensor",
   if axis_name is not None and granularity not in (TENSOR, AXIS):
     raise ValueError(f"axis_name applies to scaling='tensor' and 'axis'; {granularity} groups "
                      "must lie within a shard and need no reduction across shards")
-  bits, scale, nan_count = _quantize(x, key, static, fmt=f, granularity=granularity, axes=axes, block=block,
-                          pow2=bool(pow2), margin=int(margin), rounding=rounding,
-                          overflow=overflow, pack=bool(pack),
-                          axis_name=tuple(axis_name) if isinstance(axis_name, list) else axis_name)
+  if isinstance(axis_name, list):
+    axis_name = tuple(axis_name)
+  bits, scale, nan_count = _quantize(
+      x, key, static, fmt=f, granularity=granularity, axes=axes, block=block, pow2=bool(pow2),
+      margin=int(margin), rounding=rounding, overflow=overflow, pack=bool(pack),
+      axis_name=axis_name)
   return QArray(bits, scale, f, granularity, axes, block, np.dtype(x.dtype), bool(pack),
                 bool(pack and x.shape[-1] % 2), nan_count)
 

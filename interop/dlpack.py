@@ -118,8 +118,8 @@ def from_torch_float8(t: torch.Tensor) -> torch.Tensor:
   """
   _check_tensor(t, "t")
   if t.dtype not in _FORMAT_OF_DTYPE:
-    raise TypeError(f"t must be a torch float8 tensor ({', '.join(map(str, TORCH_FLOAT8.values()))}) "
-                    f"(got {t.dtype})")
+    names = ", ".join(map(str, TORCH_FLOAT8.values()))
+    raise TypeError(f"t must be a torch float8 tensor ({names}) (got {t.dtype})")
   return t.view(torch.uint8)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import ml_dtypes
 import numpy as np
 
 from tests.conftest import clip_then_convert, ml_codes

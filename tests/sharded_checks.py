@@ -70,7 +70,8 @@ def test_encode_decode_keep_sharding_and_bits(shape, mode, spec):
   enc = jax.jit(lambda a: fp8jax.encode(a, "e4m3fn"))
   bits = enc(x)
   assert _same_spec(bits.sharding, spec)
-  np.testing.assert_array_equal(np.asarray(bits), np.asarray(fp8jax.encode(jnp.asarray(X), "e4m3fn")))
+  want = fp8jax.encode(jnp.asarray(X), "e4m3fn")
+  np.testing.assert_array_equal(np.asarray(bits), np.asarray(want))
   assert not any(_collectives(enc.lower(x).compile().as_text()).values())
   dec = jax.jit(lambda b: fp8jax.decode(b, "e4m3fn", jnp.float32))
   vals = dec(bits)
@@ -127,7 +128,8 @@ def test_shard_map_per_shard_quantization_with_axis_name(mode):
     q = fp8jax.quantize(local, "e4m3fn", axis_name=("a", "b"))
     return q.bits, q.scale
 
-  bits, scale = jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=spec, out_specs=(spec, P())))(x)
+  bits, scale = jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=spec,
+                                      out_specs=(spec, P())))(x)
   np.testing.assert_array_equal(np.asarray(bits), np.asarray(ref.bits))
   assert float(scale) == float(ref.scale)
 
@@ -140,7 +142,7 @@ def test_shard_map_per_shard_quantization_with_axis_name(mode):
   ref = fp8jax.quantize(jnp.asarray(X), "e4m3fn", scaling="axis")
   np.testing.assert_array_equal(np.asarray(bits), np.asarray(ref.bits))
   np.testing.assert_array_equal(np.asarray(scale), np.asarray(ref.scale))
-  blocks = jax.jit(jax.shard_map(lambda l: fp8jax.quantize(l, scaling="mx").bits, mesh=mesh,
+  blocks = jax.jit(jax.shard_map(lambda s: fp8jax.quantize(s, scaling="mx").bits, mesh=mesh,
                                  in_specs=spec, out_specs=spec))(x)
   np.testing.assert_array_equal(np.asarray(blocks),
                                 np.asarray(fp8jax.quantize(jnp.asarray(X), scaling="mx").bits))

@@ -24,7 +24,8 @@ def test_n_mantissa_maps_to_the_named_formats(n, name):
 def test_other_n_mantissa_are_ieee_style_with_standard_bias(n):
   f = fp8jax.format_for_mantissa(n)
   e = 7 - n
-  assert (f.exponent_bits, f.mantissa_bits, f.bias, f.convention) == (e, n, 2 ** (e - 1) - 1, "ieee")
+  fields = (f.exponent_bits, f.mantissa_bits, f.bias, f.convention)
+  assert fields == (e, n, 2 ** (e - 1) - 1, "ieee")
 
 
 @pytest.mark.parametrize("scale", [2.0, 0.375, 3.3, 448 / 3.7, 1e-5, -1.7])

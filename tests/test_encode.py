@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
 import fp8jax
 from tests import reference
 from tests.conftest import (ALL_FORMATS, CUSTOM, NAMED, OVERFLOWS, ROUNDINGS, SOURCES,
-                            assert_codes_equal, clip_then_convert, dtype_id, every, ids, ml_codes, spec)
+                            assert_codes_equal, clip_then_convert, dtype_id, every, ids,
+                            ml_codes, spec)
 
 
 @pytest.mark.parametrize("fmt", NAMED, ids=ids)
@@ -122,8 +122,8 @@ def test_values_just_past_max_round_before_overflowing(fmt):
   """Under "ieee", E4M3FN maps 464 (a tie) to 448 and anything above to NaN."""
   vals, _ = reference.positive_grid(spec(fmt))
   tie = np.float32((vals[-1] + reference.next_above_max(spec(fmt))) / 2)
-  x = jnp.asarray(np.array([np.nextafter(tie, np.float32(0)), tie, np.nextafter(tie, np.float32(1e9))],
-                           np.float32))
+  below, above = np.nextafter(tie, np.float32(0)), np.nextafter(tie, np.float32(1e9))
+  x = jnp.asarray(np.array([below, tie, above], np.float32))
   got = np.asarray(fp8jax.encode(x, fmt, overflow="ieee"))
   want_tie = fmt.max_code if fmt.max_code % 2 == 0 else (fmt.inf_code or fmt.nan_code)
   assert got[0] == fmt.max_code

@@ -59,8 +59,9 @@ def test_decode_matches_the_jax_core_on_every_code(fmt, dtype, device, route):
   codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).to(device)
   got = interop.decode(codes, fmt, dtype)
   assert got.dtype == dtype
-  want = np.asarray(fp8jax.decode(jnp.arange(256, dtype=jnp.uint8), fmt, jnp.dtype(
-      {torch.bfloat16: jnp.bfloat16, torch.float16: jnp.float16, torch.float32: jnp.float32}[dtype])))
+  jdtype = {torch.bfloat16: jnp.bfloat16, torch.float16: jnp.float16,
+            torch.float32: jnp.float32}[dtype]
+  want = np.asarray(fp8jax.decode(jnp.arange(256, dtype=jnp.uint8), fmt, jdtype))
   np.testing.assert_array_equal(got.cpu().view(torch.uint8).numpy(), want.view(np.uint8))
 
 

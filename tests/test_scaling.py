@@ -66,7 +66,7 @@ def _check(x, fmt, kwargs, ref_args, dtype_out, overflow="saturate"):
   return q
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l[0])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda case: case[0])
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_matches_numpy_reference(layout, fmt, dtype):
@@ -128,7 +128,7 @@ def test_fp4_packing_round_trips(shape):
                                 np.asarray(fp8jax.dequantize(plain, jnp.float32)))
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l[0])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda case: case[0])
 @pytest.mark.parametrize("fmt", [F["e4m3fn"], F["e5m2"]], ids=lambda f: f.name)
 def test_relative_error_bound(layout, fmt):
   """|x - x̂| <= (eps/2)|x| + scale * min_subnormal / 2 for in-range values, plus
@@ -184,7 +184,7 @@ def test_all_zero_blocks_get_scale_one_and_nan_blocks_ignore_nan():
 
 
 @pytest.mark.parametrize("layout", LAYOUTS + [("mx", dict(scaling="mx"), None)],
-                         ids=lambda l: l[0])
+                         ids=lambda case: case[0])
 def test_jit_and_vmap_match_eager(layout):
   _, kwargs, _ = layout
   x = jnp.asarray(wide_range((4, 30, 50), np.float32, 11))
