@@ -116,9 +116,13 @@ def _decode_table(fmt: Format, dtype: torch.dtype, device: torch.device) -> torc
   return to_torch(values).clone().to(device)
 
 
-def _table_index(t: torch.Tensor) -> torch.Tensor:
-  # The 16-bit pattern as a non-negative index.
-  return t.contiguous().view(torch.uint16).to(torch.int64)
+def _lookup(table: torch.Tensor, codes: torch.Tensor, unsigned: torch.dtype,
+            out: torch.Tensor | None) -> torch.Tensor:
+  """table[bit pattern of each element], into `out` when given."""
+  idx = codes.contiguous().view(unsigned).to(torch.int64)
+  if out is not None:
+    return torch.take(table, idx, out=out)
+  return torch.take(table, idx)
 
 
 def _finish(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -133,10 +137,7 @@ def _encode(t: torch.Tensor, fmt: Format, rounding: str, overflow: str, key: Any
   if (scale is None and key is None and t.dtype != torch.float32
       and t.numel() <= TABLE_MAX_ELEMENTS):
     table = _encode_table(fmt, rounding, overflow, t.dtype, t.device)
-    idx = _table_index(t)
-    if out is not None:
-      return torch.take(table, idx, out=out)
-    return torch.take(table, idx)
+    return _lookup(table, t, torch.uint16, out)
   a = to_jax(t)
   res = jconvert._encode(a, key, scale, None, dst=fmt.layout, rounding=rounding,
                          overflow=overflow, divide=False)
@@ -146,11 +147,7 @@ def _encode(t: torch.Tensor, fmt: Format, rounding: str, overflow: str, key: Any
 def _decode(bits: torch.Tensor, fmt: Format, dtype: torch.dtype, scale: Any,
             out: torch.Tensor | None) -> torch.Tensor:
   if scale is None and bits.numel() <= TABLE_MAX_ELEMENTS:
-    table = _decode_table(fmt, dtype, bits.device)
-    idx = bits.contiguous().view(torch.uint8).to(torch.int64)
-    if out is not None:
-      return torch.take(table, idx, out=out)
-    return torch.take(table, idx)
+    return _lookup(_decode_table(fmt, dtype, bits.device), bits, torch.uint8, out)
   a = to_jax(bits.view(torch.uint8))
   res = jconvert._decode(a, scale, None, src=fmt.layout, dtype=np.dtype(_FLOATS[dtype]),
                          divide=True)
