@@ -38,8 +38,9 @@ SATFINITE = "satfinite"
 IEEE = "ieee"
 OVERFLOWS = (SATURATE, SATFINITE, IEEE)
 
-# Bits of randomness drawn per element for stochastic rounding.
-RANDOM_BITS = 32
+# Random bits added below the cut in stochastic rounding: 31, so that the
+# sum with a mantissa of at most 25 bits fits in uint32.
+RANDOM_BITS = 31
 
 _F32_MANTISSA_BITS = 23
 _F32_BIAS = 127
@@ -50,31 +51,51 @@ _u32 = jnp.uint32
 _i32 = jnp.int32
 
 
+def _word(a: jax.Array):
+  """The unsigned and signed integer types of the width of `a`'s dtype."""
+  width = jnp.dtype(a.dtype).itemsize * 8
+  return jnp.dtype(f"uint{width}").type, jnp.dtype(f"int{width}").type
+
+
+def word_for(src: Layout, dst: Layout, stochastic: bool, scaled: bool):
+  """The integer width the kernel computes in.
+
+  Conversions between formats of at most 16 bits fit in 16-bit lanes (the
+  widest intermediate, a rounded mantissa plus a biased exponent, stays
+  below 2^16), which doubles the elements per vector. Random bits and
+  scales need 32.
+  """
+  if stochastic or scaled or max(src.bits, dst.bits) > 16:
+    return jnp.uint32
+  return jnp.uint16
+
+
 def _unpack(bits: jax.Array, src: Layout, normalize: bool):
-  """Splits uint32 codes into (sign, exponent, mantissa, is_nan, is_inf, is_zero).
+  """Splits unsigned codes into (sign, exponent, mantissa, is_nan, is_inf, is_zero).
 
   The value of a finite code is `mantissa * 2**(exponent - bias - M)` with
   M = src.mantissa_bits; `mantissa` carries the hidden bit at position M for
   normal values, and for subnormals too when `normalize` is set.
   """
   m = src.mantissa_bits
-  bits = bits & _u32((1 << src.bits) - 1)
+  U, S = _word(bits)
+  bits = bits & U((1 << src.bits) - 1)
   if src.signed:
-    sign = (bits >> (src.bits - 1)) & _u32(1)
+    sign = (bits >> (src.bits - 1)) & U(1)
   else:
     sign = jnp.zeros_like(bits)
-  mag = bits & _u32(src.magnitude_mask)
-  exp = (mag >> m).astype(_i32)
-  frac = mag & _u32((1 << m) - 1)
+  mag = bits & U(src.magnitude_mask)
+  exp = (mag >> m).astype(S)
+  frac = mag & U((1 << m) - 1)
 
   false = jnp.zeros(bits.shape, jnp.bool_)
   if src.convention == _layout.IEEE:
-    is_inf = mag == _u32(src.inf_magnitude)
-    is_nan = mag > _u32(src.inf_magnitude)
+    is_inf = mag == U(src.inf_magnitude)
+    is_nan = mag > U(src.inf_magnitude)
   elif src.convention == _layout.FN:
-    is_inf, is_nan = false, mag == _u32(src.nan_code)
+    is_inf, is_nan = false, mag == U(src.nan_code)
   elif src.convention in (_layout.FNUZ, _layout.E8M0):
-    is_inf, is_nan = false, bits == _u32(src.nan_code)
+    is_inf, is_nan = false, bits == U(src.nan_code)
   else:
     is_inf, is_nan = false, false
 
@@ -83,12 +104,12 @@ def _unpack(bits: jax.Array, src: Layout, normalize: bool):
     return sign, exp, jnp.full_like(bits, 1 << m), is_nan, is_inf, false
 
   sub = exp == 0
-  mant = jnp.where(sub, frac, frac | _u32(1 << m))
+  mant = jnp.where(sub, frac, frac | U(1 << m))
   exp = jnp.maximum(exp, 1)
   if normalize:
     # Move a subnormal's leading one up to the hidden-bit position.
-    shift = lax.clz(frac).astype(_i32) + (m - 31)
-    mant = jnp.where(sub, frac << shift.astype(_u32), mant)
+    shift = lax.clz(frac).astype(S) + (m - (jnp.dtype(U).itemsize * 8 - 1))
+    mant = jnp.where(sub, frac << shift.astype(U), mant)
     exp = jnp.where(sub, 1 - shift, exp)
   return sign, exp, mant, is_nan, is_inf, mag == 0
 
@@ -157,24 +178,26 @@ def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
 
 def _round_shift(mant, r, rounding: str, min_shift: int):
   """Computes mant / 2^r rounded to an integer; r >= min_shift >= 0."""
+  U, _ = _word(mant)
   if rounding == TOWARD_ZERO:
     return mant >> r
   if rounding == NEAREST:
     if min_shift == 0:
       # One spare low bit makes the tie-breaking formula valid for r == 0.
-      mant, r = mant << _u32(1), r + _u32(1)
-    odd = (mant >> r) & _u32(1)
-    return (mant + (_u32(1) << (r - _u32(1))) - _u32(1) + odd) >> r
+      mant, r = mant << U(1), r + U(1)
+    odd = (mant >> r) & U(1)
+    return (mant + (U(1) << (r - U(1))) - U(1) + odd) >> r
   raise AssertionError(rounding)
 
 
 def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEAREST,
             overflow: str = SATURATE, rand: jax.Array | None = None,
             scale: jax.Array | None = None, divide: bool = False) -> jax.Array:
-  """Converts uint32 `src` codes to uint32 `dst` codes.
+  """Converts `src` codes to `dst` codes.
 
   Args:
-    bits: uint32 array; the low `src.bits` bits of each element are a code.
+    bits: unsigned integer array; the low `src.bits` bits of each element
+      are a code.
     src: layout of the input codes.
     dst: layout of the output codes.
     rounding: one of ROUNDINGS.
@@ -185,9 +208,11 @@ def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEARES
     divide: divide by `scale` instead of multiplying.
 
   Returns:
-    A uint32 array of `dst` codes, the shape of `bits`.
+    An array of `dst` codes, the shape of `bits`: uint16 where `word_for`
+    says 16-bit lanes suffice, else uint32.
   """
   scaled = scale is not None
+  bits = bits.astype(word_for(src, dst, rand is not None, scaled))
   exact = scaled and not divide and exact_product(src)
   # Source subnormals need a hidden bit where the target's normal range
   # reaches below the source's, and for an exact product.
@@ -208,10 +233,11 @@ def _round_pack(parts, src_bias: int, src_m: int, dst: Layout, rounding: str, ov
                 rand, zero_mask: bool):
   """Rounds unpacked values onto `dst`'s grid and packs its codes."""
   sign, exp, mant, is_nan, is_inf, is_zero = parts
+  U, _ = _word(mant)
   dst_m = dst.mantissa_bits
   # Widening keeps every mantissa bit: shift left now, round nothing.
   if dst_m > src_m:
-    mant = mant << _u32(dst_m - src_m)
+    mant = mant << U(dst_m - src_m)
   width = max(src_m, dst_m)
   min_shift = max(src_m - dst_m, 0)
   top_field = dst.magnitude_mask >> dst_m
@@ -222,30 +248,32 @@ def _round_pack(parts, src_bias: int, src_m: int, dst: Layout, rounding: str, ov
   # zero of that range, so values in (2^-127, 2^-126) round up to 2^-126.
   shift = min_shift + jnp.maximum(1 - t, 0)
   # Past width + 2 bits every rounding mode but stochastic gives 0.
-  r = jnp.minimum(shift, width + 2).astype(_u32)
+  r = jnp.minimum(shift, width + 2).astype(U)
 
   if rounding == STOCHASTIC:
-    q = mant >> r
-    rem = mant - (q << r)
-    # Round up with probability rem / 2^shift, to RANDOM_BITS of resolution.
+    # Add r uniform random bits below the cut, then truncate: a carry, and so
+    # a step up, happens with probability (mant mod 2^r) / 2^r. Past
+    # RANDOM_BITS the low bits are dropped first, so the probability is
+    # resolved to 2^-RANDOM_BITS of the gap and the sum never wraps.
     rs = jnp.minimum(shift, RANDOM_BITS)
-    threshold = rem >> jnp.minimum(shift - rs, 31).astype(_u32)
-    q = q + ((rand >> (RANDOM_BITS - rs).astype(_u32)) < threshold).astype(_u32)
+    low = mant >> jnp.minimum(shift - rs, 31).astype(U)
+    rs = rs.astype(U)
+    q = (low + (rand >> (U(32) - rs))) >> rs
   else:
     q = _round_shift(mant, r, rounding, min_shift)
 
   # q still holds the hidden bit, worth one exponent step: add t - 1.
-  code = q + (jnp.maximum(t, 1) - 1).astype(_u32) * _u32(1 << dst_m)
+  code = q + (jnp.maximum(t, 1) - 1).astype(U) * U(1 << dst_m)
   if zero_mask:
-    code = jnp.where(is_zero, _u32(0), code)
+    code = jnp.where(is_zero, U(0), code)
 
-  over = (code > _u32(dst.max_magnitude)) & ~is_inf
+  over = (code > U(dst.max_magnitude)) & ~is_inf
   over_to, inf_to = _overflow_targets(dst, rounding, overflow)
   mag = code
   if over_to is not None:
-    mag = jnp.where(over, _u32(over_to), mag)
+    mag = jnp.where(over, U(over_to), mag)
   if inf_to is not None:
-    mag = jnp.where(is_inf, _u32(inf_to), mag)
+    mag = jnp.where(is_inf, U(inf_to), mag)
   to_nan = is_nan
   if over_to is None:
     to_nan = to_nan | over
@@ -254,17 +282,17 @@ def _round_pack(parts, src_bias: int, src_m: int, dst: Layout, rounding: str, ov
 
   if dst.convention == _layout.E8M0:
     to_nan = to_nan | (sign == 1) | is_zero
-    return jnp.where(to_nan, _u32(dst.nan_code), mag)
+    return jnp.where(to_nan, U(dst.nan_code), mag)
   if dst.convention == _layout.FNUZ:
-    sign = sign & (mag != 0).astype(_u32)  # no negative zero
+    sign = sign & (mag != 0).astype(U)  # no negative zero
   out = mag | (sign << (dst.bits - 1))
   if dst.convention == _layout.FNUZ:
-    nan = _u32(dst.nan_code)
+    nan = U(dst.nan_code)
   elif dst.convention == _layout.FINITE:
     # No NaN code: ml_dtypes encodes NaN as the zero of the opposite sign.
-    nan = (sign ^ _u32(1)) << (dst.bits - 1)
+    nan = (sign ^ U(1)) << (dst.bits - 1)
   else:
-    nan = _u32(dst.nan_code) | (sign << (dst.bits - 1))
+    nan = U(dst.nan_code) | (sign << (dst.bits - 1))
   return jnp.where(to_nan, nan, out)
 
 

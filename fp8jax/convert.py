@@ -12,6 +12,7 @@ import numpy as np
 from fp8jax import _bits
 from fp8jax import _checks
 from fp8jax import _layout
+from fp8jax import _random
 from fp8jax.formats import FormatLike, get_format
 
 
@@ -40,7 +41,7 @@ def encode_array(x: jax.Array, dst: _layout.Layout, *, rounding: str, overflow: 
   """
   rand = None
   if rounding == _bits.STOCHASTIC:
-    rand = jax.random.bits(key, x.shape, jnp.uint32)
+    rand = _random.bits(key, x.shape)
   src = _checks.FLOAT_LAYOUTS[np.dtype(x.dtype)]
   codes = _bits.convert(_as_u32(x), src, dst, rounding=rounding, overflow=overflow,
                         rand=rand, scale=scale, divide=divide)
@@ -109,7 +110,7 @@ def encode(x: Any, fmt: FormatLike, *, rounding: str = "nearest", overflow: str 
     fmt: a format name such as "e4m3fn", a `Format`, or a float8 dtype.
     rounding: "nearest" (ties to even), "toward_zero", or "stochastic"
       (rounds up with probability equal to the distance from the lower
-      neighbour over the gap, resolved to 2^-32 of the gap; needs `key`).
+      neighbour over the gap, resolved to 2^-31 of the gap; needs `key`).
     overflow: "saturate", "satfinite" or "ieee"; see the README's table.
     key: a jax.random key, required for (and only for) stochastic rounding.
       The same key gives the same bits.

@@ -174,15 +174,38 @@ def _abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None) -> jax.A
   `axis_name` (inside `shard_map`), the max also runs over those mesh axes.
   """
   src = _checks.FLOAT_LAYOUTS[np.dtype(v.dtype)]
-  u = convert._as_u32(v) & jnp.uint32(src.magnitude_mask)
-  u = jnp.where(u < jnp.uint32(src.inf_magnitude), u, jnp.uint32(0))
-  amax = jnp.max(u, axis=inner, keepdims=True) if u.size else jnp.zeros(
+  word = jnp.dtype(f"uint{src.bits}")
+  u = lax.bitcast_convert_type(v, word) & word.type(src.magnitude_mask)
+  u = jnp.where(u < word.type(src.inf_magnitude), u, word.type(0))
+  u = _fold_last(u, inner)
+  amax = jnp.max(u, axis=inner, keepdims=True).astype(jnp.uint32) if u.size else jnp.zeros(
       tuple(1 if d in inner else n for d, n in enumerate(u.shape)), jnp.uint32)
   if axis_name is not None:
     amax = lax.pmax(amax, axis_name)
   # Widen to float32 exactly with the kernel (no float arithmetic).
   wide = _bits.convert(amax, src, _layout.FLOAT32, rounding=_bits.NEAREST, overflow=_bits.IEEE)
   return lax.bitcast_convert_type(wide, jnp.float32)
+
+
+# XLA:CPU reduces integers through a tree of reduce-windows whose first level
+# materializes the elementwise producer (the masked magnitudes) in memory: a
+# second full pass. An elementwise max of 8 strided slices fuses with the
+# producer and leaves an eighth of the data for the reduction.
+_FOLD = 8
+
+
+def _fold_last(u: jax.Array, inner: tuple[int, ...]) -> jax.Array:
+  """Max over runs of _FOLD along the last axis, when that axis is reduced."""
+  n = u.shape[-1] if u.ndim else 0
+  if u.ndim - 1 not in inner or n % _FOLD or n < 4 * _FOLD:
+    return u
+  spec = _spec(u)
+  entry = spec[-1] if spec else None
+  if entry is not None and (n // _FOLD) % _shards(u, entry):
+    return u  # the fold would move data between shards
+  w = _reshape(u, u.shape[:-1] + (n // _FOLD, _FOLD),
+               spec[:-1] + (entry, None) if spec else None)
+  return functools.reduce(jnp.maximum, [w[..., i] for i in range(_FOLD)])
 
 
 def _pow2_up(s: jax.Array) -> jax.Array:

@@ -79,6 +79,21 @@ def test_encode_decode_keep_sharding_and_bits(shape, mode, spec):
   assert not any(_collectives(dec.lower(bits).compile().as_text()).values())
 
 
+@pytest.mark.parametrize("shape,mode,spec", CASES, ids=str)
+def test_stochastic_bits_do_not_depend_on_the_sharding(shape, mode, spec):
+  # The random words hash each element's global index, so every shard draws
+  # what the unsharded array draws there, with no communication.
+  mesh = _mesh(shape, mode)
+  x = jax.device_put(jnp.asarray(X), NamedSharding(mesh, spec))
+  key = jax.random.key(3)
+  enc = jax.jit(lambda a: fp8jax.encode(a, "e4m3fn", rounding="stochastic", key=key))
+  bits = enc(x)
+  assert _same_spec(bits.sharding, spec)
+  want = fp8jax.encode(jnp.asarray(X), "e4m3fn", rounding="stochastic", key=key)
+  np.testing.assert_array_equal(np.asarray(bits), np.asarray(want))
+  assert not any(_collectives(enc.lower(x).compile().as_text()).values())
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("shape,mode,spec", CASES, ids=str)
 def test_quantize_matches_unsharded_and_communicates_only_as_documented(layout, shape, mode, spec):

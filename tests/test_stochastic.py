@@ -85,3 +85,39 @@ def test_probability_of_rounding_up_is_the_fraction_of_the_gap():
   ups = int((np.asarray(codes) == 0x39).sum())
   # Binomial(n, 1/2): 5 standard deviations.
   assert abs(ups - n / 2) <= 5 * np.sqrt(n / 4)
+
+
+def _up_events(key, n: int = 1 << 18) -> np.ndarray:
+  """Whether each of n copies of 1 + 1/16 (P(up) = 1/2 in e4m3fn) rounded up."""
+  x = jnp.full((n,), 1 + 1 / 16, jnp.float32)
+  return np.asarray(fp8jax.encode(x, "e4m3fn", rounding="stochastic", key=key)) == 0x39
+
+
+def _assert_fair_agreement(a: np.ndarray, b: np.ndarray) -> None:
+  # Independent fair coins agree with probability 1/2: Binomial(n, 1/2), 5 sd.
+  n = a.size
+  agree = int((a == b).sum())
+  assert abs(agree - n / 2) <= 5 * np.sqrt(n / 4), (agree, n)
+
+
+@pytest.mark.parametrize("lag", [1, 2, 3, 7, 8, 16, 64, 255, 256, 4096, 65536])
+def test_elements_at_any_distance_round_independently(lag):
+  # The random words come from a hash of the element's index: neighbours,
+  # and elements a power of two apart, must not share or mirror them.
+  up = _up_events(jax.random.key(11))
+  _assert_fair_agreement(up[:-lag], up[lag:])
+
+
+@pytest.mark.parametrize("shift", [0, 1, 1024])
+def test_two_keys_give_unrelated_streams(shift):
+  # Neither the same positions nor shifted runs of two keys' words agree
+  # more often than chance.
+  a = _up_events(jax.random.key(5))
+  b = _up_events(jax.random.key(6))
+  _assert_fair_agreement(a[shift:], b[:b.size - shift])
+
+
+def test_split_keys_of_one_parent_are_unrelated():
+  parent = jax.random.key(0)
+  k1, k2 = jax.random.split(parent)
+  _assert_fair_agreement(_up_events(k1), _up_events(k2))
