@@ -41,7 +41,7 @@ def test_format_table_is_current():
 def test_first_shell_block_opens_with_demo_then_tests():
   text = open(README).read()
   block = re.search(r"```(?:bash|sh)\n(.*?)```", text, re.S).group(1).splitlines()
-  assert block[0].endswith("python -m fp8jax.demo")
+  assert block[0].endswith(".venv/bin/fp8jax demo")
   assert block[1].endswith("python -m pytest -q")
   ci = open(os.path.join(os.path.dirname(README), ".ci", "run")).read()
   assert block[1] in ci

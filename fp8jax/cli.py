@@ -1,0 +1,232 @@
+"""The `fp8jax` command (also `python -m fp8jax`).
+
+    fp8jax quantize IN OUT [--format e4m3fn] [--scaling tensor|channel|block:B|block:BxC|mx]
+                           [--rounding nearest|stochastic --seed N] [--include GLOB ...]
+                           [--exclude GLOB ...] [--force] [-v]
+    fp8jax dequantize IN OUT [--dtype bf16|f16|f32] [--force] [-v]
+    fp8jax inspect FILE [--format F ...] [--scaling S ...] [--match GLOB ...] [--plot out.png]
+    fp8jax formats
+    fp8jax demo
+
+Exit status: 0 on success, 2 for bad input or arguments (one line on stderr,
+nothing written), 1 when writing fails (disk full, permissions), 130 when
+interrupted. OUT appears only when complete; IN is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+from fp8jax.safetensors_io import CheckpointError
+
+_PROGRESS_MIN_BYTES = 8 * 2**20
+_PROGRESS_MIN_INTERVAL_S = 0.1
+EXIT_BAD_INPUT = 2
+EXIT_WRITE_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="fp8jax", description="Quantize safetensors checkpoints to FP8 and back, inspect "
+      "them, compare formats.")
+  sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  q = sub.add_parser("quantize", help="quantize a checkpoint's weight matrices",
+                     description="Quantize the weight matrices of a safetensors checkpoint "
+                     "(a file, a *.safetensors.index.json, or a model folder).")
+  q.add_argument("src", metavar="IN")
+  q.add_argument("out", metavar="OUT", help="a file for a single-file IN, else a folder")
+  q.add_argument("--format", default="e4m3fn", help="element format (default: e4m3fn)")
+  q.add_argument("--scaling", default="tensor",
+                 help="tensor (default), channel, block:B, block:BxC (e.g. block:128x128) or mx")
+  q.add_argument("--rounding", default="nearest", choices=("nearest", "stochastic"))
+  q.add_argument("--seed", type=int, default=None, help="seed for --rounding stochastic")
+  q.add_argument("--include", action="append", default=[], metavar="GLOB",
+                 help="also quantize matching float tensors with >= 2 dims (repeatable)")
+  q.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                 help="do not quantize matching tensors; wins over --include (repeatable)")
+  _common(q)
+
+  d = sub.add_parser("dequantize", help="turn an fp8jax-quantized checkpoint back into a plain one")
+  d.add_argument("src", metavar="IN")
+  d.add_argument("out", metavar="OUT")
+  d.add_argument("--dtype", choices=("bf16", "f16", "f32"), default=None,
+                 help="dtype of the dequantized weights (default: each weight's original)")
+  _common(d)
+
+  i = sub.add_parser("inspect", help="per-tensor range and quantization error report")
+  i.add_argument("src", metavar="FILE", help="a safetensors file, an index or a folder")
+  i.add_argument("--format", dest="formats", action="append", default=None, metavar="F",
+                 help="formats to try (repeatable; default: e4m3fn and e5m2)")
+  i.add_argument("--scaling", dest="scalings", action="append", default=None, metavar="S",
+                 help="none (raw cast) or a --scaling spelling (repeatable; default: none, "
+                 "tensor, channel, block:128x128)")
+  i.add_argument("--match", action="append", default=[], metavar="GLOB",
+                 help="report (and plot) only matching tensors (repeatable)")
+  i.add_argument("--plot", metavar="PNG", default=None,
+                 help="draw log2|x| histograms against each format's range (needs matplotlib)")
+  i.add_argument("--force", action="store_true", help="replace an existing --plot file")
+
+  sub.add_parser("formats", help="table of every format")
+  demo = sub.add_parser("demo", help="quantize a built-in example checkpoint and back")
+  demo.add_argument("--tour", action="store_true",
+                    help="instead, show one tensor's codes in every format")
+  return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--force", action="store_true", help="replace an existing OUT")
+  p.add_argument("-v", "--verbose", action="store_true", help="print a line per tensor")
+  p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+
+
+@contextlib.contextmanager
+def _progress(src: str, quiet: bool) -> Iterator:
+  from fp8jax.checkpoint import open_checkpoint  # validates IN before any work
+  total = sum(t.nbytes for t in open_checkpoint(src).tensors)
+  if quiet or total < _PROGRESS_MIN_BYTES:
+    yield None
+    return
+  from tqdm import tqdm
+  with tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False,
+            disable=None, mininterval=_PROGRESS_MIN_INTERVAL_S) as bar:
+    def step(name: str, nbytes: int) -> None:
+      bar.set_postfix_str(name[-40:], refresh=False)
+      bar.update(nbytes)
+    yield step
+
+
+def _print_summary(summary, args) -> None:
+  if args.verbose:
+    for t in summary.tensors:
+      print(t.line())
+  if not args.quiet:
+    print(summary.line())
+
+
+def _quantize(args) -> int:
+  from fp8jax.checkpoint import quantize_checkpoint
+  from fp8jax.selection import Selection
+  from fp8jax.weight_layout import WeightLayout
+  layout = WeightLayout.parse(args.format, args.scaling)
+  selection = Selection(tuple(args.include), tuple(args.exclude))
+  with _progress(args.src, args.quiet) as step:
+    summary = quantize_checkpoint(args.src, args.out, layout, selection=selection,
+                                  rounding=args.rounding, seed=args.seed, force=args.force,
+                                  progress=step)
+  _print_summary(summary, args)
+  return 0
+
+
+def _dequantize(args) -> int:
+  from fp8jax.checkpoint import dequantize_checkpoint
+  with _progress(args.src, args.quiet) as step:
+    summary = dequantize_checkpoint(args.src, args.out, dtype=args.dtype, force=args.force,
+                                    progress=step)
+  _print_summary(summary, args)
+  return 0
+
+
+def _inspect(args) -> int:
+  from fp8jax import inspection
+  formats = tuple(args.formats or inspection.DEFAULT_FORMATS)
+  scalings = tuple(args.scalings or inspection.DEFAULT_SCALINGS)
+  if args.plot:
+    inspection.check_plot(args.plot, args.force)  # before the report, not after it
+  for line in inspection.inspect_checkpoint(args.src, formats=formats, scalings=scalings,
+                                            match=tuple(args.match)):
+    print(line, flush=True)
+  if args.plot:
+    drawn = inspection.plot_histograms(args.src, args.plot, formats=formats,
+                                       match=tuple(args.match), force=args.force)
+    print(f"wrote {args.plot}: {', '.join(drawn)}")
+  return 0
+
+
+def format_table() -> str:
+  """Every named format: bits, bias, max, min normal, min subnormal, eps, specials."""
+  from fp8jax.formats import FORMATS
+  head = ("name", "bits", "e", "m", "bias", "max", "min normal", "min subnormal", "eps",
+          "specials")
+  rows = [head]
+  for name, f in FORMATS.items():
+    rows.append((name, str(f.bits), str(f.exponent_bits), str(f.mantissa_bits), str(f.bias),
+                 _number(f.max), _number(f.min_normal), _number(f.min_subnormal),
+                 _number(f.eps), _specials(f)))
+  widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+  return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _number(v: float) -> str:
+  """Powers of two far from 1 as 2^k (exact), the rest as decimals."""
+  k = math.log2(v)
+  if k == int(k) and abs(k) >= 4:
+    return f"2^{int(k)}"
+  return f"{v:g}"
+
+
+def _specials(f) -> str:
+  parts = []
+  if f.inf_code is not None:
+    parts.append(f"±inf {f.inf_code:#04x}/{f.neg_inf_code:#04x}")
+  if f.nan_code is not None:
+    parts.append(f"NaN {f.nan_code:#04x}")
+  if f.convention == "fnuz":
+    parts.append("no -0")
+  if f.convention == "e8m0":
+    parts.append("unsigned, no zero")
+  return ", ".join(parts) or "none (saturates)"
+
+
+def _formats(args) -> int:
+  print(format_table())
+  return 0
+
+
+def _demo(args) -> int:
+  from fp8jax import demo
+  if args.tour:
+    demo.tour()
+    return 0
+  return demo.main()
+
+
+_COMMANDS = {"quantize": _quantize, "dequantize": _dequantize, "inspect": _inspect,
+             "formats": _formats, "demo": _demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status.
+
+  Example:
+    >>> main(["formats"])
+    name  bits ...
+    0
+  """
+  args = _parser().parse_args(argv)
+  try:
+    return _COMMANDS[args.command](args)
+  except CheckpointError as e:
+    print(f"fp8jax: error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  except BrokenPipeError:
+    # The reader went away (`fp8jax inspect ... | head`): stop quietly.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+  except OSError as e:
+    print(f"fp8jax: error: {e}", file=sys.stderr)
+    return EXIT_WRITE_FAILED
+  except KeyboardInterrupt:
+    print("fp8jax: interrupted; nothing written", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def console() -> None:
+  """The console script's entry point."""
+  sys.exit(main())

@@ -1,0 +1,366 @@
+"""The safetensors file format, read and written one tensor at a time.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header
+(`{name: {"dtype", "shape", "data_offsets"}, "__metadata__": {str: str}}`,
+offsets relative to the end of the header) and the tensors' raw
+little-endian bytes. Reading seeks to one tensor and reads only its bytes;
+writing lays the header out first (every shape is known in advance, and
+each tensor is aligned to its item size), then puts each tensor's bytes at
+its offset as it comes, so memory holds one tensor at a time. The
+header is validated strictly, so a truncated or corrupt file is one clear
+`CheckpointError` rather than a crash deep inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any, BinaryIO, Self
+
+import ml_dtypes
+import numpy as np
+
+_HEADER_LEN_BYTES = 8
+_MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit
+_ALIGN = 8
+_COPY_CHUNK = 16 * 2**20
+METADATA_KEY = "__metadata__"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read or written as asked; the message says why."""
+
+
+# dtype tag -> the NumPy dtype its bytes are read as. Float8 tags are read as
+# their uint8 codes, which is what fp8jax computes with.
+DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "U16": np.dtype(np.uint16),
+    "I16": np.dtype(np.int16),
+    "U32": np.dtype(np.uint32),
+    "I32": np.dtype(np.int32),
+    "U64": np.dtype(np.uint64),
+    "I64": np.dtype(np.int64),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F32": np.dtype(np.float32),
+    "F64": np.dtype(np.float64),
+    "C64": np.dtype(np.complex64),
+    "F8_E4M3": np.dtype(np.uint8),
+    "F8_E5M2": np.dtype(np.uint8),
+    "F8_E4M3FNUZ": np.dtype(np.uint8),
+    "F8_E5M2FNUZ": np.dtype(np.uint8),
+    "F8_E8M0": np.dtype(np.uint8),
+}
+FLOAT_TAGS = ("BF16", "F16", "F32")
+"""The dtypes fp8jax quantizes."""
+
+_TAG_OF = {np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float16): "F16",
+           np.dtype(np.float32): "F32"}
+
+
+def tag_of(dtype: Any) -> str:
+  """The safetensors tag of a bfloat16, float16 or float32 NumPy dtype."""
+  return _TAG_OF[np.dtype(dtype)]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  """One tensor's entry in a header.
+
+  Attributes:
+    name: the tensor's name.
+    dtype: the safetensors dtype tag, such as "BF16" or "F8_E4M3".
+    shape: the tensor's shape.
+    start: absolute offset of its first byte in the file.
+    end: absolute offset one past its last byte.
+  """
+
+  name: str
+  dtype: str
+  shape: tuple[int, ...]
+  start: int
+  end: int
+
+  @property
+  def nbytes(self) -> int:
+    return self.end - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+  """A validated header: tensors in file order, and the string metadata."""
+
+  path: str
+  tensors: tuple[TensorInfo, ...]
+  metadata: dict[str, str]
+
+  @property
+  def names(self) -> list[str]:
+    return [t.name for t in self.tensors]
+
+
+def _fail(path: str, why: str) -> CheckpointError:
+  return CheckpointError(f"{path}: {why}")
+
+
+def read_header(path: str) -> Header:
+  """Reads and validates the header of a safetensors file.
+
+  Args:
+    path: the file.
+
+  Returns:
+    The `Header`, tensors sorted by their position in the file.
+
+  Raises:
+    CheckpointError: a missing or unreadable file, a header length that does
+      not fit the file, invalid JSON, an unknown dtype, a shape that does not
+      match its byte range, or byte ranges that overlap, leave gaps or run
+      past the end of the file.
+
+  Example:
+    >>> [t.name for t in read_header("model.safetensors").tensors]
+    ['lm_head.weight', 'model.embed_tokens.weight', ...]
+  """
+  if not os.path.exists(path):
+    raise _fail(path, "no such file")
+  if not os.path.isfile(path):
+    raise _fail(path, "not a file")
+  size = os.path.getsize(path)
+  try:
+    with open(path, "rb") as f:
+      head = f.read(_HEADER_LEN_BYTES)
+      if len(head) < _HEADER_LEN_BYTES:
+        raise _fail(path, f"not a safetensors file ({size} bytes, shorter than the 8-byte "
+                    "header length)")
+      (n,) = struct.unpack("<Q", head)
+      if n == 0 or n > _MAX_HEADER_BYTES or n > size - _HEADER_LEN_BYTES:
+        raise _fail(path, f"not a safetensors file, or truncated: header length {n} does not "
+                    f"fit a {size}-byte file")
+      raw = f.read(n)
+  except OSError as e:
+    raise _fail(path, f"cannot read ({e.strerror})") from None
+  try:
+    header = json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise _fail(path, f"not a safetensors file, or a corrupt header (invalid JSON: {e})") from None
+  if not isinstance(header, dict):
+    raise _fail(path, "corrupt header: the JSON is not an object")
+  metadata = header.pop(METADATA_KEY, None) or {}
+  if not isinstance(metadata, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    raise _fail(path, "corrupt header: __metadata__ must map strings to strings")
+  base = _HEADER_LEN_BYTES + n
+  tensors = [_tensor_info(path, name, entry, base) for name, entry in header.items()]
+  tensors.sort(key=lambda t: (t.start, t.end))
+  pos = base
+  for t in tensors:
+    if t.start != pos:
+      what = "overlaps the previous tensor" if t.start < pos else "leaves a gap before it"
+      raise _fail(path, f"corrupt header: the byte range of tensor {t.name!r} {what}")
+    pos = t.end
+  if pos != size:
+    if pos > size:
+      raise _fail(path, f"truncated: the header describes {pos} bytes, the file has {size}")
+    raise _fail(path, f"corrupt: {size - pos} bytes after the last tensor")
+  return Header(path, tuple(tensors), dict(metadata))
+
+
+def _tensor_info(path: str, name: str, entry: Any, base: int) -> TensorInfo:
+  if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+    raise _fail(path, f"corrupt header: entry {name!r} needs exactly dtype, shape and "
+                "data_offsets")
+  dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+  if dtype not in DTYPES:
+    raise _fail(path, f"tensor {name!r} has unsupported dtype {dtype!r} (known: "
+                f"{', '.join(DTYPES)})")
+  if not isinstance(shape, list) or not all(
+      isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    raise _fail(path, f"corrupt header: tensor {name!r} has shape {shape!r}")
+  if (not isinstance(offsets, list) or len(offsets) != 2 or not all(
+      isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+      or offsets[0] > offsets[1]):
+    raise _fail(path, f"corrupt header: tensor {name!r} has data_offsets {offsets!r}")
+  nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+  if offsets[1] - offsets[0] != nbytes:
+    raise _fail(path, f"corrupt header: tensor {name!r} of {dtype} {shape} needs {nbytes} "
+                f"bytes, its data_offsets give {offsets[1] - offsets[0]}")
+  return TensorInfo(name, dtype, tuple(shape), base + offsets[0], base + offsets[1])
+
+
+def read_tensor(f: BinaryIO, info: TensorInfo) -> np.ndarray:
+  """Reads one tensor's values from an open file (its bytes only).
+
+  Args:
+    f: the file, opened "rb".
+    info: the tensor's header entry.
+
+  Returns:
+    A NumPy array of `info.shape` in the dtype of `DTYPES[info.dtype]`
+    (float8 tensors as their uint8 codes).
+  """
+  out = np.empty(info.shape, DTYPES[info.dtype])
+  f.seek(info.start)
+  got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+  if got != info.nbytes:
+    raise CheckpointError(f"tensor {info.name!r}: truncated read ({got} of {info.nbytes} bytes)")
+  return out
+
+
+def copy_bytes(f: BinaryIO, info: TensorInfo, write) -> None:
+  """Streams one tensor's raw bytes to `write`, in bounded chunks."""
+  f.seek(info.start)
+  left = info.nbytes
+  while left:
+    chunk = f.read(min(left, _COPY_CHUNK))
+    if not chunk:
+      raise CheckpointError(f"tensor {info.name!r}: file ended early")
+    write(chunk)
+    left -= len(chunk)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A tensor to be written: its name, dtype tag and shape."""
+
+  name: str
+  dtype: str
+  shape: tuple[int, ...]
+
+  @property
+  def nbytes(self) -> int:
+    return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+def encode_header(entries: Sequence[Entry], metadata: dict[str, str]) -> bytes:
+  """The length prefix and JSON header for `entries`, laid out in order.
+
+  The JSON is padded with spaces to a multiple of 8 bytes, so that every
+  tensor starts aligned, as the safetensors library writes it.
+  """
+  header: dict[str, Any] = {}
+  if metadata:
+    header[METADATA_KEY] = dict(metadata)
+  pos = 0
+  for e in entries:
+    header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
+                      "data_offsets": [pos, pos + e.nbytes]}
+    pos += e.nbytes
+  raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+  raw += b" " * (-len(raw) % _ALIGN)
+  return struct.pack("<Q", len(raw)) + raw
+
+
+def aligned_order(entries: Sequence[Entry]) -> list[Entry]:
+  """Entries by decreasing item size (stable), as the safetensors library lays them out.
+
+  With the header padded to 8 bytes, every tensor then starts at a multiple
+  of its item size, so readers that map the file can use it in place.
+  """
+  return sorted(entries, key=lambda e: -DTYPES[e.dtype].itemsize)
+
+
+class Writer:
+  """Writes a safetensors file tensor by tensor, atomically.
+
+  The layout (header and offsets) is fixed up front, tensors aligned as
+  `aligned_order` lays them out; `write` and `copy` then put each tensor's
+  bytes at its offset, in any order, so memory holds one tensor at a time.
+  The bytes go to a temporary file beside `path`, which is renamed to `path`
+  only when every tensor has been written and `close()` is called; on any
+  error (or `abort()`) the temporary file is removed and `path` is left as
+  it was.
+
+  Example:
+    >>> with Writer("out.safetensors", [Entry("w", "F32", (2, 2))], {}) as w:
+    ...   w.write("w", np.ones((2, 2), np.float32))
+  """
+
+  def __init__(self, path: str, entries: Iterable[Entry], metadata: dict[str, str]):
+    self.path = path
+    ordered = aligned_order(list(entries))
+    header = encode_header(ordered, metadata)
+    self._slots: dict[str, tuple[Entry, int]] = {}
+    pos = len(header)
+    for e in ordered:
+      if e.name in self._slots:
+        raise CheckpointError(f"{path}: tensor {e.name!r} declared twice")
+      self._slots[e.name] = (e, pos)
+      pos += e.nbytes
+    self._written: set[str] = set()
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                     dir=folder)
+    self._f = os.fdopen(fd, "wb")
+    try:
+      self._f.write(header)
+    except BaseException:
+      self.abort()
+      raise
+
+  def _seek(self, name: str, nbytes: int) -> None:
+    slot = self._slots.get(name)
+    if slot is None or name in self._written:
+      why = "not declared" if slot is None else "written twice"
+      raise CheckpointError(f"{self.path}: tensor {name!r} {why}")
+    entry, offset = slot
+    if nbytes != entry.nbytes:
+      raise CheckpointError(f"tensor {name!r}: {nbytes} bytes given, {entry.dtype} "
+                            f"{list(entry.shape)} needs {entry.nbytes}")
+    self._written.add(name)
+    self._f.seek(offset)
+
+  def write(self, name: str, array: np.ndarray) -> None:
+    """Writes one tensor's values (its shape must match its entry)."""
+    slot = self._slots.get(name)
+    if slot is not None and tuple(array.shape) != slot[0].shape:
+      raise CheckpointError(f"tensor {name!r}: shape {list(array.shape)} given, "
+                            f"{list(slot[0].shape)} declared")
+    data = np.ascontiguousarray(array)
+    self._seek(name, data.nbytes)
+    self._f.write(memoryview(data.reshape(-1).view(np.uint8)))
+
+  def copy(self, name: str, f: BinaryIO, info: TensorInfo) -> None:
+    """Writes one tensor as the raw bytes of `info` in the open file `f`."""
+    self._seek(name, info.nbytes)
+    copy_bytes(f, info, self._f.write)
+
+  def close(self) -> None:
+    """Finishes the file and renames it into place."""
+    missing = [n for n in self._slots if n not in self._written]
+    if missing:
+      self.abort()
+      raise CheckpointError(f"{self.path}: {len(missing)} tensors not written ({missing[0]}, ...)")
+    try:
+      self._f.flush()
+      os.fsync(self._f.fileno())
+      self._f.close()
+      os.replace(self._tmp, self.path)
+    except BaseException:
+      self.abort()
+      raise
+
+  def abort(self) -> None:
+    """Drops the temporary file; `path` is untouched."""
+    try:
+      self._f.close()
+    finally:
+      if os.path.exists(self._tmp):
+        os.unlink(self._tmp)
+
+  def __enter__(self) -> Self:
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
