@@ -1,0 +1,99 @@
+"""The benchmark suite still runs: `benchmarks/run.py --quick` at tiny sizes.
+
+No timing is asserted here (the machine may be loaded); only that every
+implementation ran, produced positive times, agreed bit for bit where it
+should, and that the files appeared.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "run.py")
+
+# The stable names the JSON and the README use.
+JAX_NAMES = [
+    "encode e4m3fn", "encode e5m2", "decode e4m3fn→bf16", "encode e4m3fn stochastic",
+    "quantize tensor", "quantize axis", "quantize block128", "quantize mx",
+    "xla astype e4m3fn", "xla astype e5m2", "xla astype f8→bf16", "ml_dtypes astype e4m3fn",
+    "memcpy floor (jax)", "narrowing copy floor (jax)", "memcpy floor (numpy)",
+]
+TORCH_NAMES = [
+    "interop round_to_fp8 (torch)", "torch .to(e4m3fn)", "torch .to(e5m2)",
+    "torch .to(bf16) from e4m3fn", "torchao recipe",
+]
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench")
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--out", str(out)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  found = sorted(out.glob("*-quick.json"))  # named after the platform: cpu, gpu
+  assert len(found) == 1, os.listdir(out)
+  with open(found[0]) as f:
+    return out, json.load(f), proc.stdout
+
+
+def test_every_implementation_is_timed_in_both_modes(quick_run):
+  _, result, _ = quick_run
+  expected = JAX_NAMES + (TORCH_NAMES if HAVE_TORCH else [])
+  rows = result["runs"][0]["results"]
+  for mode in ("fresh", "reused"):
+    for size in ("1K", "64K"):
+      timed = {r["name"] for r in rows if r["mode"] == mode and r["size"] == size}
+      assert set(expected) <= timed, (mode, size, sorted(set(expected) - timed))
+  for r in rows:
+    assert r["median_s"] > 0 and r["min_s"] > 0 and r["first_call_s"] > 0, r
+    assert r["repeats"] >= 3, r
+    assert not r["donation_unused"], r["name"]
+  if not HAVE_TORCH:
+    assert {s["name"] for s in result["skipped"]} == set(TORCH_NAMES)
+
+
+def test_results_agree_bit_for_bit(quick_run):
+  _, result, stdout = quick_run
+  flags = result["runs"][0]["bit_identical"]
+  assert set(flags) == {"1K", "64K"}
+  for size, checks in flags.items():
+    assert checks and all(checks.values()), (size, checks)
+    assert "encode e4m3fn ieee == xla astype" in checks
+    assert "encode e4m3fn: reused == fresh" in checks
+    if HAVE_TORCH:
+      assert "encode e4m3fn satfinite == torch .to()" in checks
+  assert result["bit_identical_all"] is True
+  assert "MISMATCH" not in stdout
+
+
+def test_ratios_and_environment_are_recorded(quick_run):
+  _, result, stdout = quick_run
+  names = {e["ratio"] for e in result["runs"][0]["ratios"]}
+  assert {"encode speedup vs xla astype", "decode speedup vs xla astype",
+          "stochastic / nearest", "quantize tensor / encode"} <= names
+  if HAVE_TORCH:
+    assert {"encode speedup vs torch .to()", "torchao recipe / quantize tensor"} <= names
+  assert all(e["value"] > 0 for e in result["runs"][0]["ratios"])
+  env = result["environment"]
+  for key in ("jax", "jaxlib", "numpy", "ml_dtypes", "cpu_count", "device", "date", "command"):
+    assert env[key], key
+  assert "## ratios of median times" in stdout
+
+
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed, so no plot is made")
+def test_plot_is_written(quick_run):
+  out, _, _ = quick_run
+  (png,) = out.glob("*-quick.png")
+  assert png.stat().st_size > 10_000
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
