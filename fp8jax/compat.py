@@ -38,6 +38,8 @@ def resolve_format(n_mantissa: int | None, format: FormatLike | None) -> Format:
 
 def scale_or_none(scaling_factor: Any, shape: tuple[int, ...]) -> jax.Array | None:
   """The checked `scaling_factor`, or None for 1.0, which skips scaling."""
+  if type(scaling_factor) in (int, float) and scaling_factor == 1:
+    return None  # the default: no array to build and read back on every call
   scale = _checks.scale_factor(scaling_factor, "scaling_factor", shape)
   return None if _checks.is_one(scale) else scale
 
