@@ -14,6 +14,12 @@ from fp8jax.formats import FormatLike
 from fp8jax.formats import format_for_mantissa
 from fp8jax.formats import get_format
 from fp8jax.formats import ieee_format
+from fp8jax.fp8_dot import Fp8DotState
+from fp8jax.fp8_dot import Fp8Recipe
+from fp8jax.fp8_dot import fp8_dot_general
+from fp8jax.fp8_dot import fp8_dot_state
+from fp8jax.matmul import dot
+from fp8jax.matmul import matmul
 from fp8jax.packing import pack_fp4
 from fp8jax.packing import unpack_fp4
 from fp8jax.qarray import QArray
@@ -32,18 +38,24 @@ __all__ = [
     "FORMATS",
     "Format",
     "FormatLike",
+    "Fp8DotState",
+    "Fp8Recipe",
     "QArray",
     "amax",
     "as_float8",
     "decode",
     "dequantize",
+    "dot",
     "encode",
     "fake_quant",
     "format_for_mantissa",
+    "fp8_dot_general",
+    "fp8_dot_state",
     "from_float8",
     "get_format",
     "ieee_format",
     "int32_to_bfloat16",
+    "matmul",
     "pack_fp4",
     "quantize",
     "round_to_fp8_represented_as_int8",
