@@ -319,6 +319,12 @@ def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, marg
     bits = convert.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
                                 scale=static_scale, divide=True)
     scale = static_scale
+  elif x.size == 0 and granularity in (TENSOR, AXIS):
+    # No values: the scale of an all-zero group, in the layout's shape.
+    bits = jnp.zeros(x.shape, jnp.uint8)
+    shape = () if granularity == TENSOR else tuple(
+        1 if d - x.ndim in axes else n for d, n in enumerate(x.shape))
+    scale = jnp.ones(shape, jnp.float32)
   else:
     blocks = _blocks_for(x.shape, axes, block)
     view, inner = _grouped(x, axes, blocks)
@@ -347,6 +353,8 @@ def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, marg
 def _dequantize(bits, scale, *, fmt, granularity, axes, block, dtype, packed, odd):
   if packed:
     bits = packing._unpack(bits, 2 * bits.shape[-1] - int(odd))
+  if bits.size == 0:
+    return jnp.zeros(bits.shape, dtype)
   scale = _scale_f32(scale, granularity)
   if granularity == STATIC:
     return convert.decode_array(bits, fmt.layout, dtype, scale=scale)

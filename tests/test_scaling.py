@@ -270,3 +270,22 @@ def test_nan_inputs_are_counted_for_formats_without_nan():
   batched = jax.vmap(lambda r: fp8jax.quantize(r, "e3m2fn", scaling="mx"))(
       jnp.stack([x, x.at[0].set(jnp.nan)]))
   np.testing.assert_array_equal(np.asarray(batched.nan_count), [2, 3])
+
+
+@pytest.mark.parametrize("kwargs,scale_shape", [
+    (dict(scaling="tensor"), ()),
+    (dict(scaling="axis"), (4, 1)),
+    (dict(scaling="axis", axis=0), (1, 0)),
+    (dict(scaling="block", block_size=128), (4, 0)),
+    (dict(scaling="block", block_size=(2, 2)), (2, 0)),
+    (dict(scaling="mx"), (4, 0)),
+], ids=str)
+def test_empty_arrays_quantize_to_empty_codes_and_unit_scales(kwargs, scale_shape):
+  x = jnp.zeros((4, 0), jnp.bfloat16)
+  q = fp8jax.quantize(x, "e4m3fn", **kwargs)
+  assert q.bits.shape == (4, 0) and q.bits.dtype == jnp.uint8
+  assert q.scale.shape == scale_shape
+  if kwargs["scaling"] != "mx":
+    assert np.all(np.asarray(q.scale) == 1)  # the scale of an all-zero group
+  assert fp8jax.dequantize(q).shape == (4, 0)
+  assert fp8jax.quantize(jnp.zeros((0,), jnp.float32)).scale.shape == ()
