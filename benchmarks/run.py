@@ -181,8 +181,10 @@ def make_data(n: int, seed: int = 0) -> Data:
   data = Data(n, shape, x_np, x, codes, codes_f8)
   if torch is not None:
     device = _torch_device()
-    data.t = torch.from_numpy(x_np.view(np.int16)).view(torch.bfloat16).to(device)
-    data.codes_t = torch.from_numpy(np.array(codes)).to(device)
+    # Copies made by torch's allocator, as a torch user's tensors are: NumPy's
+    # buffers need not meet XLA's 64-byte alignment, which makes the bridge copy.
+    data.t = torch.from_numpy(x_np.view(np.int16)).view(torch.bfloat16).to(device).clone()
+    data.codes_t = torch.from_numpy(np.array(codes)).to(device).clone()
   return data
 
 

@@ -174,12 +174,23 @@ def _abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None) -> jax.A
   `axis_name` (inside `shard_map`), the max also runs over those mesh axes.
   """
   src = _checks.FLOAT_LAYOUTS[np.dtype(v.dtype)]
+  spec = _spec(v)
+  grid = tuple(1 if d in inner else n for d, n in enumerate(v.shape))
+  grid_spec = tuple(None if d in inner else e for d, e in enumerate(spec)) if spec else None
+  # Unit dimensions (one block spanning a whole axis) make XLA:CPU lay the
+  # reduction out with the data transposed, a full copy: drop them first.
+  dims = [d for d, n in enumerate(v.shape) if n != 1]
+  if len(dims) < v.ndim and v.size:
+    v = _reshape(v, [v.shape[d] for d in dims], tuple(spec[d] for d in dims) if spec else None)
+    inner = tuple(i for i, d in enumerate(dims) if d in inner)
   word = jnp.dtype(f"uint{src.bits}")
   u = lax.bitcast_convert_type(v, word) & word.type(src.magnitude_mask)
   u = jnp.where(u < word.type(src.inf_magnitude), u, word.type(0))
   u = _fold_last(u, inner)
-  amax = jnp.max(u, axis=inner, keepdims=True).astype(jnp.uint32) if u.size else jnp.zeros(
-      tuple(1 if d in inner else n for d, n in enumerate(u.shape)), jnp.uint32)
+  if u.size:
+    amax = _reshape(jnp.max(u, axis=inner).astype(jnp.uint32), grid, grid_spec)
+  else:
+    amax = jnp.zeros(grid, jnp.uint32)
   if axis_name is not None:
     amax = lax.pmax(amax, axis_name)
   # Widen to float32 exactly with the kernel (no float arithmetic).
