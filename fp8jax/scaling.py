@@ -183,6 +183,9 @@ def _abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None) -> jax.A
   if len(dims) < v.ndim and v.size:
     v = _reshape(v, [v.shape[d] for d in dims], tuple(spec[d] for d in dims) if spec else None)
     inner = tuple(i for i, d in enumerate(dims) if d in inner)
+  if v.ndim == 1 and inner == (0,) and v.size % _ROW == 0 and v.size > _ROW and not spec:
+    # A long 1-D reduction is slower than the same one over rows.
+    v, inner = v.reshape(-1, _ROW), (0, 1)
   word = jnp.dtype(f"uint{src.bits}")
   u = lax.bitcast_convert_type(v, word) & word.type(src.magnitude_mask)
   u = jnp.where(u < word.type(src.inf_magnitude), u, word.type(0))
@@ -203,6 +206,7 @@ def _abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None) -> jax.A
 # second full pass. An elementwise max of 8 strided slices fuses with the
 # producer and leaves an eighth of the data for the reduction.
 _FOLD = 8
+_ROW = 1024
 
 
 def _fold_last(u: jax.Array, inner: tuple[int, ...]) -> jax.Array:
@@ -320,6 +324,32 @@ def _scale_f32(q_scale: jax.Array, granularity: str) -> jax.Array:
 
 # --- quantize / dequantize ---------------------------------------------------
 
+# From this many elements on, a 16-bit input divided by one scale is encoded
+# through a table of all 65,536 codes: 65,536 exact divisions and one gather
+# instead of a float32 division per element (XLA:CPU's vector division costs
+# more than the rest of the cast).
+_TABLE_MIN_SIZE = 1 << 18
+
+
+def _encode_divided(x: jax.Array, dst: _layout.Layout, scale: jax.Array, rounding: str,
+                    overflow: str, key: jax.Array | None) -> jax.Array:
+  """`encode(x / scale)`, through a code table where that is exact and pays."""
+  if (rounding == _bits.STOCHASTIC or np.dtype(x.dtype).itemsize != 2 or scale.size != 1
+      or x.size < _TABLE_MIN_SIZE or _spec(x) is not None):
+    return convert.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
+                                scale=scale, divide=True)
+  def build(s):
+    every = lax.bitcast_convert_type(lax.iota(jnp.uint16, 1 << 16), x.dtype)
+    return convert.encode_array(every, dst, rounding=rounding, overflow=overflow, scale=s,
+                                divide=True)
+
+  # Built inside a conditional (both branches build it) so that XLA cannot
+  # fuse the table's computation into the gather and redo it per element.
+  s = scale.reshape(())
+  table = lax.cond(s == s, build, build, s)
+  return table[lax.bitcast_convert_type(x, jnp.uint16)]
+
+
 @functools.partial(jax.jit, static_argnames=(
     "fmt", "granularity", "axes", "block", "pow2", "margin", "rounding", "overflow", "pack",
     "axis_name"))
@@ -327,8 +357,7 @@ def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, marg
               overflow, pack, axis_name):
   dst = fmt.layout
   if granularity == STATIC:
-    bits = convert.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
-                                scale=static_scale, divide=True)
+    bits = _encode_divided(x, dst, static_scale, rounding, overflow, key)
     scale = static_scale
   elif x.size == 0 and granularity in (TENSOR, AXIS):
     # No values: the scale of an all-zero group, in the layout's shape.
@@ -345,9 +374,12 @@ def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, marg
       divisor = _scale_f32(scale_kd, MX)
     else:
       scale_kd = divisor = _dynamic_scale(amax, fmt, pow2, margin)
-    codes = convert.encode_array(view, dst, rounding=rounding, overflow=overflow, key=key,
-                                 scale=divisor, divide=True)
-    bits = _ungrouped(codes, x.shape, axes)
+    if granularity == TENSOR:
+      bits = _encode_divided(x, dst, divisor.reshape(()), rounding, overflow, key)
+    else:
+      codes = convert.encode_array(view, dst, rounding=rounding, overflow=overflow, key=key,
+                                   scale=divisor, divide=True)
+      bits = _ungrouped(codes, x.shape, axes)
     if granularity == TENSOR:
       scale = scale_kd.reshape(())
     else:

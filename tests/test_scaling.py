@@ -289,3 +289,21 @@ def test_empty_arrays_quantize_to_empty_codes_and_unit_scales(kwargs, scale_shap
     assert np.all(np.asarray(q.scale) == 1)  # the scale of an all-zero group
   assert fp8jax.dequantize(q).shape == (4, 0)
   assert fp8jax.quantize(jnp.zeros((0,), jnp.float32)).scale.shape == ()
+
+
+@pytest.mark.parametrize("overflow", ["saturate", "satfinite", "ieee"])
+@pytest.mark.parametrize("fmt", [F["e4m3fn"], F["e5m2"], F["e2m1fn"], F["e4m3fnuz"]],
+                         ids=lambda f: f.name)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=dtype_id)
+def test_large_per_tensor_casts_through_the_code_table_match_the_kernel(dtype, fmt, overflow):
+  # Large 16-bit inputs with one scale are encoded through a table of all
+  # 65,536 codes; every bit pattern (NaNs, infinities, subnormals) must give
+  # the kernel's direct per-element division.
+  patterns = np.arange(1 << 16, dtype=np.uint16)
+  x = jnp.asarray(np.random.default_rng(0).permutation(np.tile(patterns, 4)).view(dtype))
+  assert x.size >= fp8jax.scaling._TABLE_MIN_SIZE
+  for q in (fp8jax.quantize(x, fmt, overflow=overflow),
+            fp8jax.quantize(x, fmt, scaling=0.37, overflow=overflow)):
+    want = fp8jax.convert.encode_array(x, fmt.layout, rounding="nearest", overflow=overflow,
+                                       scale=jnp.float32(q.scale), divide=True)
+    np.testing.assert_array_equal(np.asarray(q.bits), np.asarray(want))
