@@ -2,9 +2,10 @@
 
 Every conversion in fp8jax, encoding (bfloat16/float16/float32 -> a small
 format) and decoding (a small format -> bfloat16/float16/float32), is this
-kernel with a different pair of layouts. It works on uint32 bit patterns
-and never does float arithmetic on a value, so backends that flush
-subnormals (XLA:CPU does) give the same bits as those that don't.
+kernel with a different pair of layouts. It works on unsigned bit patterns
+(16-bit lanes between formats of at most 16 bits, else 32-bit) and never
+does float arithmetic on a value, so backends that flush subnormals
+(XLA:CPU does) give the same bits as those that don't.
 
 Outline, for one element:
   1. split the source bits into sign, exponent and mantissa (with the hidden
