@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -142,11 +142,30 @@ def _pair_starts(nd: int, axes: tuple[int, ...]) -> set[int]:
 
 
 def _ungrouped(v: jax.Array, shape: Sequence[int], axes: tuple[int, ...]) -> jax.Array:
-  """Inverse of `_grouped`: merge each (n_blocks, block) pair, cut the padding."""
-  v = _merged(v, _pair_starts(len(shape), axes))
-  if tuple(v.shape) != tuple(shape):
-    v = v[tuple(slice(0, n) for n in shape)]
-  return v
+  """Inverse of `_grouped`: merge each (n_blocks, block) pair, cut the padding.
+
+  Kept apart from the computation of `v`: fused into it, the merge makes
+  XLA:CPU run that loop over the merged shape, indexing the per-block
+  scales through it, about four times slower.
+  """
+  def merge(v):
+    v = _merged(v, _pair_starts(len(shape), axes))
+    if tuple(v.shape) != tuple(shape):
+      v = v[tuple(slice(0, n) for n in shape)]
+    return v
+
+  return _apart(merge, v) if v.size else merge(v)
+
+
+def _apart(f: Callable[[jax.Array], jax.Array], v: jax.Array) -> jax.Array:
+  """`f(v)`, computed where XLA cannot fuse it with the computation of `v`.
+
+  Both branches of the conditional are `f`, so the result is `f(v)` either
+  way; the predicate passes through an optimization barrier so that XLA
+  cannot fold the conditional (a fusion boundary) away.
+  """
+  one = lax.optimization_barrier(jnp.float32(1))
+  return lax.cond(one == one, f, f, v)
 
 
 def _keepdims(grid: jax.Array, view_shape: Sequence[int], inner: tuple[int, ...]) -> jax.Array:
@@ -343,10 +362,8 @@ def _encode_divided(x: jax.Array, dst: _layout.Layout, scale: jax.Array, roundin
     return convert.encode_array(every, dst, rounding=rounding, overflow=overflow, scale=s,
                                 divide=True)
 
-  # Built inside a conditional (both branches build it) so that XLA cannot
-  # fuse the table's computation into the gather and redo it per element.
-  s = scale.reshape(())
-  table = lax.cond(s == s, build, build, s)
+  # Apart, or XLA fuses the table into the gather and redoes it per element.
+  table = _apart(build, scale.reshape(()))
   return table[lax.bitcast_convert_type(x, jnp.uint16)]
 
 
