@@ -422,6 +422,9 @@ def _dequantize(bits, scale, *, fmt, granularity, axes, block, dtype, packed, od
     # A per-tensor scale may carry leading batch axes from vmap.
     scale = scale.reshape(scale.shape + (1,) * (bits.ndim - scale.ndim))
     return convert.decode_array(bits, fmt.layout, dtype, scale=scale)
+  if granularity == AXIS and scale.ndim == bits.ndim:
+    # The scales already broadcast against the codes: no grouped view.
+    return convert.decode_array(bits, fmt.layout, dtype, scale=scale)
   blocks = _blocks_for(bits.shape, axes, block)
   view, inner = _grouped(bits, axes, blocks)
   vals = convert.decode_array(view, fmt.layout, dtype, scale=_keepdims(scale, view.shape, inner))
