@@ -469,16 +469,32 @@ def _quantize_file(h: Header, path: str, layout: WeightLayout, plan: dict[str, s
           "bits_dtype": layout.bits_dtype, "scale_dtype": layout.scale_dtype,
           "tensors": tensors_meta}
   metadata = dict(h.metadata, **{METADATA_KEY: json.dumps(info, sort_keys=True)})
+
+  def one(f, t: TensorInfo, writer: st.Writer) -> TensorReport:
+    if t.name in plan:
+      return _quantize_one(f, t, writer, layout, plan[t.name], rounding, seed)
+    writer.copy(t.name, f, t)
+    return TensorReport(t.name, t.dtype, t.shape, reasons[t.name], t.nbytes, t.nbytes)
+
+  return _stream(h, path, entries, metadata, one, reports, progress)
+
+
+def _stream(h: Header, path: str, entries: list[st.Entry], metadata: dict[str, str],
+            one: Callable[[Any, TensorInfo, st.Writer], TensorReport | None],
+            reports: list[TensorReport], progress: Progress | None) -> int:
+  """Writes `path` tensor by tensor, `one` handling each tensor of `h`.
+
+  `one` writes what the tensor becomes and returns its report (None for a
+  tensor written with another). On any error the partial file is removed.
+  Returns the size of the written file.
+  """
   writer = st.Writer(path, entries, metadata)
   try:
     with open(h.path, "rb") as f:
       for t in h.tensors:
-        if t.name in plan:
-          reports.append(_quantize_one(f, t, writer, layout, plan[t.name], rounding, seed))
-        else:
-          writer.copy(t.name, f, t)
-          reports.append(TensorReport(t.name, t.dtype, t.shape, reasons[t.name], t.nbytes,
-                                      t.nbytes))
+        report = one(f, t, writer)
+        if report is not None:
+          reports.append(report)
         if progress is not None:
           progress(t.name, t.nbytes)
   except BaseException:
@@ -593,33 +609,24 @@ def _dequantize_file(h: Header, path: str, layout: WeightLayout, dtype: str | No
   entries = [st.Entry(t.name, target.get(t.name, t.dtype), t.shape)
              for t in h.tensors if t.name not in scales]
   metadata = {k: v for k, v in h.metadata.items() if k != METADATA_KEY}
-  writer = st.Writer(path, entries, metadata)
-  try:
-    with open(h.path, "rb") as f:
-      for t in h.tensors:
-        if t.name in scales:
-          pass
-        elif t.name in tensors:
-          bits = st.read_tensor(f, t)
-          scale_info = by_name[tensors[t.name]["scale"]]
-          scale = st.read_tensor(f, scale_info)
-          src_dtype = st.DTYPES[tensors[t.name]["dtype"]]
-          q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale), src_dtype)
-          values = np.asarray(_scaling.dequantize(q, st.DTYPES[target[t.name]]))
-          writer.write(t.name, values)
-          reports.append(TensorReport(t.name, t.dtype, t.shape,
-                                      f"dequantized to {target[t.name]}",
-                                      t.nbytes + scale_info.nbytes, values.nbytes))
-        else:
-          writer.copy(t.name, f, t)
-          reports.append(TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes))
-        if progress is not None:
-          progress(t.name, t.nbytes)
-  except BaseException:
-    writer.abort()
-    raise
-  writer.close()
-  return os.path.getsize(path)
+
+  def one(f, t: TensorInfo, writer: st.Writer) -> TensorReport | None:
+    if t.name in scales:
+      return None  # read with its weight
+    if t.name not in tensors:
+      writer.copy(t.name, f, t)
+      return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
+    bits = st.read_tensor(f, t)
+    scale_info = by_name[tensors[t.name]["scale"]]
+    scale = st.read_tensor(f, scale_info)
+    src_dtype = st.DTYPES[tensors[t.name]["dtype"]]
+    q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale), src_dtype)
+    values = np.asarray(_scaling.dequantize(q, st.DTYPES[target[t.name]]))
+    writer.write(t.name, values)
+    return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target[t.name]}",
+                        t.nbytes + scale_info.nbytes, values.nbytes)
+
+  return _stream(h, path, entries, metadata, one, reports, progress)
 
 
 def _write_plain_side_files(ckpt: Checkpoint, output: _Output,
