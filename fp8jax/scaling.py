@@ -392,14 +392,12 @@ def _quantize(x, key, static_scale, *, fmt, granularity, axes, block, pow2, marg
     else:
       scale_kd = divisor = _dynamic_scale(amax, fmt, pow2, margin)
     if granularity == TENSOR:
-      bits = _encode_divided(x, dst, divisor.reshape(()), rounding, overflow, key)
+      scale = scale_kd.reshape(())
+      bits = _encode_divided(x, dst, scale, rounding, overflow, key)
     else:
       codes = convert.encode_array(view, dst, rounding=rounding, overflow=overflow, key=key,
                                    scale=divisor, divide=True)
       bits = _ungrouped(codes, x.shape, axes)
-    if granularity == TENSOR:
-      scale = scale_kd.reshape(())
-    else:
       scale = _merged(scale_kd, _pair_starts(x.ndim, axes))
   if pack:
     bits = packing._pack(bits)
