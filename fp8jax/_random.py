@@ -16,7 +16,7 @@ threefry:
 The affine map is a bijection that differs from key to key in both slope
 and offset, so two keys do not share a shifted or permuted run of words
 (as `mix(index + k)` or `mix(index ^ k)` would). Arrays of more than 2^32
-elements mix the index's high word in as well.
+elements also mix in a hash of each element's leading indices.
 """
 
 from __future__ import annotations
@@ -43,24 +43,27 @@ def _mix(h: jax.Array) -> jax.Array:
 
 
 def _flat_index(shape: Sequence[int]) -> tuple[jax.Array, jax.Array | None]:
-  """The row-major flat index of every element, as (low word, high word).
+  """The row-major flat index of every element mod 2^32, and a word that
+  tells apart elements whose flat indices differ by a multiple of 2^32.
 
-  The high word is None for arrays of at most 2^32 elements.
+  The second word is None for arrays of at most 2^32 elements. Above that it
+  hashes the indices along all but the last axis: elements with the same
+  low word lie in different rows, since a row is shorter than 2^32.
   """
-  size = math.prod(shape)
-  if size <= _WORD:
-    lo = jnp.zeros(shape, _u32)
-    stride = 1
-    for d in reversed(range(len(shape))):
-      lo = lo + lax.broadcasted_iota(_u32, shape, d) * _u32(stride % _WORD)
-      stride *= shape[d]
-    return lo, None
-  flat = jnp.zeros(shape, jnp.uint64)
+  if any(n > _WORD for n in shape):
+    raise ValueError(f"stochastic rounding needs every axis below 2^32 elements (got shape "
+                     f"{tuple(shape)}); reshape x first")
+  lo = jnp.zeros(shape, _u32)
   stride = 1
   for d in reversed(range(len(shape))):
-    flat = flat + lax.broadcasted_iota(jnp.uint64, shape, d) * jnp.uint64(stride)
+    lo = lo + lax.broadcasted_iota(_u32, shape, d) * _u32(stride % _WORD)
     stride *= shape[d]
-  return flat.astype(_u32), (flat >> jnp.uint64(32)).astype(_u32)
+  if math.prod(shape) <= _WORD:
+    return lo, None
+  hi = jnp.zeros(shape, _u32)
+  for d in range(len(shape) - 1):
+    hi = _mix(hi ^ lax.broadcasted_iota(_u32, shape, d))
+  return lo, hi
 
 
 def bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
