@@ -1,38 +1,65 @@
-"""fp8jax: exact conversions between bfloat16/float16/float32 and FP8 formats."""
+"""fp8jax: exact conversions between bfloat16/float16/float32 and FP8 formats.
 
-from fp8jax.compat import int32_to_bfloat16
-from fp8jax.compat import round_to_fp8_represented_as_int8
-from fp8jax.compat import undo_int8_fp8
-from fp8jax.convert import decode
-from fp8jax.convert import encode
-from fp8jax.delayed import DelayedScaling
-from fp8jax.delayed import DelayedState
-from fp8jax.fake_quant import fake_quant
-from fp8jax.formats import FORMATS
-from fp8jax.formats import Format
-from fp8jax.formats import FormatLike
-from fp8jax.formats import format_for_mantissa
-from fp8jax.formats import get_format
-from fp8jax.formats import ieee_format
-from fp8jax.fp8_dot import Fp8DotState
-from fp8jax.fp8_dot import Fp8Recipe
-from fp8jax.fp8_dot import fp8_dot_general
-from fp8jax.fp8_dot import fp8_dot_state
-from fp8jax.matmul import dot
-from fp8jax.matmul import matmul
-from fp8jax.packing import pack_fp4
-from fp8jax.packing import unpack_fp4
-from fp8jax.qarray import QArray
-from fp8jax.scaling import amax
-from fp8jax.scaling import dequantize
-from fp8jax.scaling import quantize
-from fp8jax.scaling import scale_from_amax
-from fp8jax.views import as_float8
-from fp8jax.views import from_float8
+The public API, by concept:
+
+- formats: `Format`, `FORMATS`, `get_format`, `ieee_format`, `format_for_mantissa`;
+- the codec: `encode`, `decode`, `as_float8`, `from_float8`, `pack_fp4`, `unpack_fp4`;
+- scaled quantization: `QuantSpec` with its granularities `Tensor`, `Axis`, `Block`,
+  `MX`, `Static`; `quantize`, `dequantize`, `QArray`, `fake_quant`; delayed scaling
+  (`DelayedScaling`, `DelayedState`), and its two halves `amax` and `scale_from_amax`,
+  public on purpose for recipes of one's own;
+- FP8 matmul and training: `dot`, `matmul`, `fp8_dot_general`, `Fp8Recipe`,
+  `Fp8DotState`, `fp8_dot_state`;
+- the original API: `round_to_fp8_represented_as_int8`, `undo_int8_fp8`,
+  `int32_to_bfloat16`.
+
+Subpackages: `core` (bit layouts, formats, the kernel, the codec), `quant` (specs and
+scaled quantization), `ops` (matmul and training), `checkpoint` (safetensors
+checkpoints), `cli` (the `fp8jax` command); `legacy` holds the original API.
+"""
+
+from fp8jax.core.codec import decode
+from fp8jax.core.codec import encode
+from fp8jax.core.formats import FORMATS
+from fp8jax.core.formats import Format
+from fp8jax.core.formats import FormatLike
+from fp8jax.core.formats import format_for_mantissa
+from fp8jax.core.formats import get_format
+from fp8jax.core.formats import ieee_format
+from fp8jax.core.packing import pack_fp4
+from fp8jax.core.packing import unpack_fp4
+from fp8jax.core.views import as_float8
+from fp8jax.core.views import from_float8
+from fp8jax.legacy import int32_to_bfloat16
+from fp8jax.legacy import round_to_fp8_represented_as_int8
+from fp8jax.legacy import undo_int8_fp8
+from fp8jax.ops.gemm import dot
+from fp8jax.ops.gemm import matmul
+from fp8jax.ops.training import Fp8DotState
+from fp8jax.ops.training import Fp8Recipe
+from fp8jax.ops.training import fp8_dot_general
+from fp8jax.ops.training import fp8_dot_state
+from fp8jax.quant.delayed import DelayedScaling
+from fp8jax.quant.delayed import DelayedState
+from fp8jax.quant.fake import fake_quant
+from fp8jax.quant.qarray import QArray
+from fp8jax.quant.quantize import dequantize
+from fp8jax.quant.quantize import quantize
+from fp8jax.quant.scales import amax
+from fp8jax.quant.scales import scale_from_amax
+from fp8jax.quant.spec import MX
+from fp8jax.quant.spec import Axis
+from fp8jax.quant.spec import Block
+from fp8jax.quant.spec import QuantSpec
+from fp8jax.quant.spec import Static
+from fp8jax.quant.spec import Tensor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MX",
+    "Axis",
+    "Block",
     "DelayedScaling",
     "DelayedState",
     "FORMATS",
@@ -41,6 +68,9 @@ __all__ = [
     "Fp8DotState",
     "Fp8Recipe",
     "QArray",
+    "QuantSpec",
+    "Static",
+    "Tensor",
     "amax",
     "as_float8",
     "decode",

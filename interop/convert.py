@@ -23,17 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from fp8jax import _checks
-from fp8jax import compat
-from fp8jax import convert as jconvert
-from fp8jax.formats import Format, FormatLike, get_format
+from fp8jax.core import checks
+from fp8jax.core import codec
+from fp8jax.core.layout import FLOATS
+from fp8jax.core.formats import Format, FormatLike, get_format, resolve_format
 from interop.dlpack import _check_tensor, to_jax, to_torch
 
 # Above this many elements the JAX route is faster than a table gather
 # (measured on the 2-core CPU machine; see the README).
 TABLE_MAX_ELEMENTS = 1 << 18
 
-_FLOATS = {torch.bfloat16: jnp.bfloat16, torch.float16: jnp.float16, torch.float32: jnp.float32}
+_FLOATS = {getattr(torch, f.torch): f.dtype for f in FLOATS}
 _FLOAT_NAMES = "torch.bfloat16, torch.float16 or torch.float32"
 _CODES = (torch.uint8, torch.int8)
 
@@ -99,20 +99,20 @@ def _seed_key(rounding: str, seed: Any, generator: Any) -> jax.Array | None:
 def _scale(scaling_factor: Any, shape: tuple[int, ...]) -> Any:
   if isinstance(scaling_factor, torch.Tensor):
     scaling_factor = scaling_factor.detach().cpu().numpy()
-  return compat.scale_or_none(scaling_factor, shape)
+  return checks.scale_or_none(scaling_factor, shape)
 
 
 @functools.lru_cache(maxsize=None)
 def _encode_table(fmt: Format, rounding: str, overflow: str, dtype: torch.dtype,
                   device: torch.device) -> torch.Tensor:
   patterns = jnp.asarray(np.arange(1 << 16, dtype=np.uint16)).view(_FLOATS[dtype])
-  codes = np.asarray(jconvert.encode(patterns, fmt, rounding=rounding, overflow=overflow))
+  codes = np.asarray(codec.encode(patterns, fmt, rounding=rounding, overflow=overflow))
   return torch.from_numpy(codes.copy()).to(device)
 
 
 @functools.lru_cache(maxsize=None)
 def _decode_table(fmt: Format, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-  values = jconvert.decode(jnp.arange(256, dtype=jnp.uint8), fmt, _FLOATS[dtype])
+  values = codec.decode(jnp.arange(256, dtype=jnp.uint8), fmt, _FLOATS[dtype])
   return to_torch(values).clone().to(device)
 
 
@@ -139,8 +139,7 @@ def _encode(t: torch.Tensor, fmt: Format, rounding: str, overflow: str, key: Any
     table = _encode_table(fmt, rounding, overflow, t.dtype, t.device)
     return _lookup(table, t, torch.uint16, out)
   a = to_jax(t)
-  res = jconvert._encode(a, key, scale, None, dst=fmt.layout, rounding=rounding,
-                         overflow=overflow, divide=False)
+  res = codec.encode_into(a, fmt, scale, None, rounding=rounding, overflow=overflow, key=key)
   return _finish(to_torch(res), out)
 
 
@@ -149,8 +148,7 @@ def _decode(bits: torch.Tensor, fmt: Format, dtype: torch.dtype, scale: Any,
   if scale is None and bits.numel() <= TABLE_MAX_ELEMENTS:
     return _lookup(_decode_table(fmt, dtype, bits.device), bits, torch.uint8, out)
   a = to_jax(bits.view(torch.uint8))
-  res = jconvert._decode(a, scale, None, src=fmt.layout, dtype=np.dtype(_FLOATS[dtype]),
-                         divide=True)
+  res = codec.decode_into(a, fmt, _FLOATS[dtype], scale, None)
   return _finish(to_torch(res), out)
 
 
@@ -181,8 +179,8 @@ def encode(t: torch.Tensor, fmt: FormatLike, *, rounding: str = "nearest",
   """
   _float_input(t, "t")
   f = get_format(fmt)
-  _checks.rounding_name(rounding)
-  _checks.overflow(overflow)
+  checks.rounding_name(rounding)
+  checks.overflow(overflow)
   key = _seed_key(rounding, seed, generator)
   _check_out(out, t, torch.uint8)
   return _encode(t, f, rounding, overflow, key, None, out)
@@ -229,9 +227,9 @@ def round_to_fp8_represented_as_int8(t: torch.Tensor, n_mantissa: int | None,
     [56, 192]
   """
   _float_input(t, "t")
-  fmt = compat.resolve_format(n_mantissa, format)
-  _checks.rounding_name(rounding)
-  _checks.overflow(overflow)
+  fmt = resolve_format(n_mantissa, format)
+  checks.rounding_name(rounding)
+  checks.overflow(overflow)
   key = _seed_key(rounding, seed, generator)
   scale = _scale(scaling_factor, tuple(t.shape))
   _check_out(out, t, torch.uint8)
@@ -249,7 +247,7 @@ def undo_int8_fp8(fp8_tensor: torch.Tensor, n_mantissa: int | None,
     [1.0, -2.0]
   """
   _code_input(fp8_tensor, "fp8_tensor")
-  fmt = compat.resolve_format(n_mantissa, format)
+  fmt = resolve_format(n_mantissa, format)
   _target(target_dt, "target_dt")
   scale = _scale(scaling_factor, tuple(fp8_tensor.shape))
   _check_out(out, fp8_tensor, target_dt)

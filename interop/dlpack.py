@@ -22,17 +22,11 @@ from typing import Any
 import jax
 import torch
 
-from fp8jax.formats import FormatLike, get_format
+from fp8jax.core.formats import EXTERNAL_NAMES, FORMATS, FormatLike, get_format
 
-# Torch's float8 dtypes by fp8jax format name.
-TORCH_FLOAT8 = {
-    "e4m3fn": torch.float8_e4m3fn,
-    "e5m2": torch.float8_e5m2,
-    "e4m3fnuz": torch.float8_e4m3fnuz,
-    "e5m2fnuz": torch.float8_e5m2fnuz,
-}
-if hasattr(torch, "float8_e8m0fnu"):
-  TORCH_FLOAT8["e8m0fnu"] = torch.float8_e8m0fnu
+# Torch's float8 dtypes by fp8jax format name (those this torch has).
+TORCH_FLOAT8 = {name: getattr(torch, ext.torch) for name, ext in EXTERNAL_NAMES.items()
+                if ext.torch and FORMATS[name].bits == 8 and hasattr(torch, ext.torch)}
 _FORMAT_OF_DTYPE = {dt: name for name, dt in TORCH_FLOAT8.items()}
 
 

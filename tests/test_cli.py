@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch", reason="inputs are written with safetensors
 
 import fp8jax  # noqa: E402
 from fp8jax import cli  # noqa: E402
-from fp8jax import safetensors_io as st  # noqa: E402
-from fp8jax.weight_layout import WeightLayout  # noqa: E402
+from fp8jax.checkpoint import safetensors_io as st  # noqa: E402
+from fp8jax.checkpoint.stored import WeightLayout  # noqa: E402
 from tests import cli_fixtures as fx  # noqa: E402
 
 F8_TORCH = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch", reason="inputs are written with safetensors.torch")
 
-from fp8jax import checkpoint  # noqa: E402
+from fp8jax.checkpoint import pipeline as checkpoint  # noqa: E402
 from fp8jax import cli  # noqa: E402
 from tests import cli_fixtures as fx  # noqa: E402
 

@@ -89,7 +89,7 @@ def test_bad_input_raises_a_named_error(call, exc, match):
 
 
 def test_stochastic_without_key_raises_before_any_work(monkeypatch):
-  from fp8jax import convert
+  from fp8jax.core import codec as convert
   calls = []
   monkeypatch.setattr(convert, "_encode", lambda *a, **k: calls.append(1))
   with pytest.raises(ValueError):

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax import scaling as _scaling
-from fp8jax.qarray import QArray
+from fp8jax.quant.quantize import dequantize
+from fp8jax.quant.qarray import QArray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +87,11 @@ def cast_stats(x: jax.Array, q: QArray) -> CastStats:
   Returns:
     A `CastStats`.
   """
-  y = _scaling.dequantize(q, jnp.float32)
+  y = dequantize(q, jnp.float32)
   # Each value's group scale, exactly: decode(code of 1.0) * scale = scale.
   one = jnp.full(q.bits.shape, _one_code(q.fmt), jnp.uint8)
-  unit = _scaling.dequantize(dataclasses.replace(q, bits=one, packed=False, odd=False),
+  unit = dequantize(dataclasses.replace(q, bits=one, spec=dataclasses.replace(q.spec, pack=False),
+                                         odd=False),
                              jnp.float32)
   over, under = _counts(x, y, unit, overflow_threshold(q.fmt))
   n = max(int(np.prod(x.shape)), 1)

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fp8jax import _checks
+from fp8jax.core import checks
 
 _NIBBLE = 4
 
@@ -28,14 +28,14 @@ def pack_fp4(codes: Any) -> jax.Array:
     >>> pack_fp4(jnp.array([1, 2, 3], jnp.uint8))
     Array([33,  3], dtype=uint8)
   """
-  _checks.code_array(codes, "codes")
+  checks.code_array(codes, "codes")
   if codes.ndim == 0:
     raise ValueError("codes must have at least one axis to pack along")
-  return _pack(codes)
+  return pack_codes(codes)
 
 
 @jax.jit
-def _pack(codes: jax.Array) -> jax.Array:
+def pack_codes(codes: jax.Array) -> jax.Array:
   codes = codes.astype(jnp.uint8) & jnp.uint8(0xF)
   n = codes.shape[-1]
   if n % 2:
@@ -58,7 +58,7 @@ def unpack_fp4(packed: Any, n: int | None = None) -> jax.Array:
     >>> unpack_fp4(jnp.array([33, 3], jnp.uint8), 3)
     Array([1, 2, 3], dtype=uint8)
   """
-  _checks.code_array(packed, "packed")
+  checks.code_array(packed, "packed")
   packed = jnp.asarray(packed).astype(jnp.uint8)
   full = 2 * packed.shape[-1]
   if n is None:
@@ -66,11 +66,11 @@ def unpack_fp4(packed: Any, n: int | None = None) -> jax.Array:
   if not full - 1 <= n <= full:
     raise ValueError(f"n must be {full - 1} or {full} for a packed last axis of "
                      f"{packed.shape[-1]} (got {n})")
-  return _unpack(packed, n)
+  return unpack_codes(packed, n)
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _unpack(packed: jax.Array, n: int) -> jax.Array:
+def unpack_codes(packed: jax.Array, n: int) -> jax.Array:
   lo = packed & jnp.uint8(0xF)
   hi = packed >> _NIBBLE
   both = jnp.stack([lo, hi], axis=-1).reshape(packed.shape[:-1] + (2 * packed.shape[-1],))

@@ -25,15 +25,13 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from fp8jax import _checks
-from fp8jax import convert
-from fp8jax import packing
-from fp8jax import scaling
-from fp8jax.formats import FORMATS
-from fp8jax.qarray import BLOCK, MX, QArray
-from fp8jax.views import as_float8
-
-_E8M0 = FORMATS["e8m0fnu"]
+from fp8jax.core import checks
+from fp8jax.core import codec
+from fp8jax.core import packing
+from fp8jax.core.views import as_float8
+from fp8jax.quant import scales
+from fp8jax.quant.qarray import QArray
+from fp8jax.quant.quantize import dequantize
 _OUT_DTYPES = "float32, bfloat16 or float16"
 
 DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
@@ -57,27 +55,22 @@ def _element_values(q: QArray) -> jax.Array:
   """The unscaled elements: a float8 view where XLA has one, else exact float32."""
   bits = q.bits
   if q.packed:
-    bits = packing._unpack(bits, q.shape[-1])
+    bits = packing.unpack_codes(bits, q.shape[-1])
   if q.fmt.dtype is not None and q.fmt.bits == 8:
     return as_float8(bits, q.fmt)
   # FP6 / FP4: XLA stores these packed, so decode them (exactly) instead.
-  return convert.decode_array(bits, q.fmt.layout, np.dtype(np.float32))
+  return codec.decode_array(bits, q.fmt.bit_layout, np.dtype(np.float32))
 
 
 def _scale_grid(q: QArray) -> tuple[jax.Array, tuple[int | None, ...]]:
   """q's scale as a float32 array of q's rank, and the run length along each axis."""
   shape = q.shape
-  nd = len(shape)
-  scale = q.scale
-  if q.granularity == MX:
-    scale = convert.decode_array(scale, _E8M0.layout, np.dtype(np.float32))
-  scale = jnp.asarray(scale, jnp.float32)
-  scale = scale.reshape((1,) * (nd - scale.ndim) + tuple(scale.shape))
-  blocked = {}
-  if q.granularity in (BLOCK, MX):
-    blocked = {a % nd: b for a, b in zip(q.axes, q.block)}
+  scale = jnp.asarray(scales.scale_f32(q.scale, q.granularity), jnp.float32)
+  scale = scale.reshape(q.spec.grid_shape(shape))
+  axes, blocks = q.spec.grouping(len(shape))
+  blocked = {} if blocks is None else {a % len(shape): b for a, b in zip(axes, blocks)}
   block = []
-  for d, n in enumerate(shape):
+  for d in range(len(shape)):
     if scale.shape[d] == 1:
       block.append(None)  # constant along d (also when one block spans d)
     else:
@@ -95,7 +88,7 @@ def _operand(x: Any) -> _Operand:
 def _dequantized(x: Any) -> _Operand:
   """x as plain float32 values: the scales applied element by element."""
   if isinstance(x, QArray):
-    x = scaling.dequantize(x, jnp.float32)
+    x = dequantize(x, jnp.float32)
   return _operand(x)
 
 
@@ -225,7 +218,7 @@ def _dot(a, b, *, dimension_numbers, preferred_element_type):
 def _check_operand(x: Any, argname: str) -> Any:
   if isinstance(x, QArray):
     return x
-  _checks.float_layout(x, argname)
+  checks.float_layout(x, argname)
   return jnp.asarray(x)
 
 
@@ -243,7 +236,7 @@ def _axes(value: Any, nd: int, what: str) -> tuple[int, ...]:
   return axes
 
 
-def _dimension_numbers(value: Any, shape_a: Sequence[int], shape_b: Sequence[int]
+def check_dimension_numbers(value: Any, shape_a: Sequence[int], shape_b: Sequence[int]
                        ) -> DimensionNumbers:
   na, nb = len(shape_a), len(shape_b)
   if value is None:
@@ -271,7 +264,7 @@ def _dimension_numbers(value: Any, shape_a: Sequence[int], shape_b: Sequence[int
   return (ca, cb), (ba, bb)
 
 
-def _out_dtype(value: Any) -> np.dtype:
+def check_out_dtype(value: Any) -> np.dtype:
   try:
     dt = np.dtype(value)
   except TypeError:
@@ -328,8 +321,8 @@ def dot(a: QArray | jax.Array, b: QArray | jax.Array, *, dimension_numbers: Any 
   """
   a = _check_operand(a, "a")
   b = _check_operand(b, "b")
-  dims = _dimension_numbers(dimension_numbers, a.shape, b.shape)
-  out_dtype = _out_dtype(preferred_element_type)
+  dims = check_dimension_numbers(dimension_numbers, a.shape, b.shape)
+  out_dtype = check_out_dtype(preferred_element_type)
   return _dot(a, b, dimension_numbers=dims, preferred_element_type=out_dtype)
 
 

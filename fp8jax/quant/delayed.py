@@ -8,9 +8,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fp8jax import scaling
-from fp8jax.formats import FormatLike, get_format
-from fp8jax.qarray import QArray
+from fp8jax.core import f32
+from fp8jax.core.formats import FormatLike, get_format
+from fp8jax.quant import scales
+from fp8jax.quant.qarray import QArray
+from fp8jax.quant.quantize import quantize
 
 AMAX_FROM = ("max", "most_recent")
 
@@ -88,14 +90,14 @@ class DelayedScaling:
       `(QArray, DelayedState)`.
     """
     f = get_format(fmt)
-    q = scaling.quantize(x, f, scaling=state.scale, rounding=rounding, overflow=overflow,
+    q = quantize(x, f, scaling=state.scale, rounding=rounding, overflow=overflow,
                          key=key)
-    return q, self.update(state, scaling.amax(x, axis_name), f)
+    return q, self.update(state, scales.amax(x, axis_name), f)
 
   def update(self, state: DelayedState, amax: jax.Array, fmt: FormatLike = "e4m3fn"
              ) -> DelayedState:
     """Pushes one amax onto the history and recomputes the scale."""
     hist = jnp.roll(state.amax_history, 1).at[0].set(jnp.asarray(amax, jnp.float32))
-    used = scaling.max_positive(hist) if self.amax_from == "max" else hist[0]
-    scale = scaling.scale_from_amax(used, get_format(fmt), margin=self.margin)
+    used = f32.max_positive(hist) if self.amax_from == "max" else hist[0]
+    scale = scales.scale_from_amax(used, get_format(fmt), margin=self.margin)
     return DelayedState(hist, scale)

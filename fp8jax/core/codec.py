@@ -9,11 +9,11 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from fp8jax import _bits
-from fp8jax import _checks
-from fp8jax import _layout
-from fp8jax import _random
-from fp8jax.formats import FormatLike, get_format
+from fp8jax.core import kernel
+from fp8jax.core import checks
+from fp8jax.core import layout
+from fp8jax.core import randbits
+from fp8jax.core.formats import FormatLike, get_format
 
 
 def _as_u32(x: jax.Array) -> jax.Array:
@@ -30,7 +30,7 @@ def _from_u32(codes: jax.Array, dtype: np.dtype) -> jax.Array:
   return lax.bitcast_convert_type(codes, dtype)
 
 
-def encode_array(x: jax.Array, dst: _layout.Layout, *, rounding: str, overflow: str,
+def encode_array(x: jax.Array, dst: layout.BitLayout, *, rounding: str, overflow: str,
                  key: jax.Array | None = None, scale: jax.Array | None = None,
                  divide: bool = False) -> jax.Array:
   """The traceable body of `encode`, for use inside other jitted functions.
@@ -40,22 +40,22 @@ def encode_array(x: jax.Array, dst: _layout.Layout, *, rounding: str, overflow: 
   to 24 bits, without flushing subnormals, infinite at or above 2^128.
   """
   rand = None
-  if rounding == _bits.STOCHASTIC:
-    rand = _random.bits(key, x.shape)
-  src = _checks.FLOAT_LAYOUTS[np.dtype(x.dtype)]
-  codes = _bits.convert(_as_u32(x), src, dst, rounding=rounding, overflow=overflow,
+  if rounding == kernel.STOCHASTIC:
+    rand = randbits.bits(key, x.shape)
+  src = layout.FLOAT_LAYOUTS[np.dtype(x.dtype)]
+  codes = kernel.convert(_as_u32(x), src, dst, rounding=rounding, overflow=overflow,
                         rand=rand, scale=scale, divide=divide)
   return codes.astype(jnp.uint8)
 
 
-def decode_array(bits: jax.Array, src: _layout.Layout, dtype: np.dtype, *,
+def decode_array(bits: jax.Array, src: layout.BitLayout, dtype: np.dtype, *,
                  scale: jax.Array | None = None, divide: bool = False) -> jax.Array:
   """The traceable body of `decode`; with `scale`, `decode(bits) * scale` (or
   `/ scale`) formed as in float32 and rounded to `dtype`."""
   codes = lax.bitcast_convert_type(bits, jnp.uint8).astype(jnp.uint32)
   dtype = np.dtype(dtype)
-  out = _bits.convert(codes, src, _checks.FLOAT_LAYOUTS[dtype], rounding=_bits.NEAREST,
-                      overflow=_bits.IEEE, scale=scale, divide=divide)
+  out = kernel.convert(codes, src, layout.FLOAT_LAYOUTS[dtype], rounding=kernel.NEAREST,
+                      overflow=kernel.IEEE, scale=scale, divide=divide)
   return _from_u32(out, dtype)
 
 
@@ -68,8 +68,8 @@ def divide_f32(a: jax.Array, b: jax.Array) -> jax.Array:
   bits first, then to float32's subnormal grid.
   """
   a = jnp.asarray(a, jnp.float32)
-  out = _bits.convert(_as_u32(a), _layout.FLOAT32, _layout.FLOAT32, rounding=_bits.NEAREST,
-                      overflow=_bits.IEEE, scale=jnp.asarray(b, jnp.float32), divide=True)
+  out = kernel.convert(_as_u32(a), layout.FLOAT32, layout.FLOAT32, rounding=kernel.NEAREST,
+                      overflow=kernel.IEEE, scale=jnp.asarray(b, jnp.float32), divide=True)
   return lax.bitcast_convert_type(out, jnp.float32)
 
 
@@ -123,10 +123,10 @@ def encode(x: Any, fmt: FormatLike, *, rounding: str = "nearest", overflow: str 
     >>> encode(jnp.array([1.0, 500.0], jnp.bfloat16), "e4m3fn")
     Array([ 56, 126], dtype=uint8)
   """
-  _checks.float_layout(x, "x")
-  dst = get_format(fmt).layout
-  _checks.rounding(rounding, key)
-  _checks.overflow(overflow)
+  checks.float_layout(x, "x")
+  dst = get_format(fmt).bit_layout
+  checks.rounding(rounding, key)
+  checks.overflow(overflow)
   return _encode(x, key, None, None, dst=dst, rounding=rounding, overflow=overflow,
                  divide=False)
 
@@ -151,9 +151,9 @@ def decode(bits: Any, fmt: FormatLike, dtype: Any = jnp.bfloat16) -> jax.Array:
     >>> decode(jnp.array([56, 126], jnp.uint8), "e4m3fn", jnp.float32)
     Array([  1., 448.], dtype=float32)
   """
-  _checks.code_array(bits, "bits")
-  src = get_format(fmt).layout
-  out_dtype, _ = _checks.target_layout(dtype, "dtype")
+  checks.code_array(bits, "bits")
+  src = get_format(fmt).bit_layout
+  out_dtype, _ = checks.target_layout(dtype, "dtype")
   return _decode(bits, None, None, src=src, dtype=out_dtype, divide=False)
 
 
@@ -168,7 +168,7 @@ def encode_into(x: jax.Array, fmt: FormatLike, scale: jax.Array | None, out: Any
   the result reuses its buffer and the old handle becomes invalid.
   """
   fn = _encode_into if _donatable(out) else _encode
-  return fn(x, key, scale, out if _donatable(out) else None, dst=get_format(fmt).layout,
+  return fn(x, key, scale, out if _donatable(out) else None, dst=get_format(fmt).bit_layout,
             rounding=rounding, overflow=overflow, divide=False)
 
 
@@ -179,7 +179,7 @@ def decode_into(bits: jax.Array, fmt: FormatLike, dtype: Any, scale: jax.Array |
   Arguments are checked by the caller. The quotient is the float32
   quotient (24 significant bits, no flushing), then rounded to `dtype`.
   """
-  out_dtype, _ = _checks.target_layout(dtype, "dtype")
+  out_dtype, _ = checks.target_layout(dtype, "dtype")
   fn = _decode_into if _donatable(out) else _decode
-  return fn(bits, scale, out if _donatable(out) else None, src=get_format(fmt).layout,
+  return fn(bits, scale, out if _donatable(out) else None, src=get_format(fmt).bit_layout,
             dtype=out_dtype, divide=True)

@@ -10,7 +10,11 @@ nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
+
+import ml_dtypes
+import numpy as np
 
 IEEE = "ieee"
 FN = "fn"
@@ -20,7 +24,7 @@ E8M0 = "e8m0"
 CONVENTIONS = (IEEE, FN, FNUZ, FINITE, E8M0)
 
 
-class Layout(typing.NamedTuple):
+class BitLayout(typing.NamedTuple):
   """Exponent bits, mantissa bits, bias and special-value convention."""
 
   exponent_bits: int
@@ -119,6 +123,36 @@ class Layout(typing.NamedTuple):
     return False
 
 
-BFLOAT16 = Layout(8, 7, 127, IEEE)
-FLOAT16 = Layout(5, 10, 15, IEEE)
-FLOAT32 = Layout(8, 23, 127, IEEE)
+BFLOAT16 = BitLayout(8, 7, 127, IEEE)
+FLOAT16 = BitLayout(5, 10, 15, IEEE)
+FLOAT32 = BitLayout(8, 23, 127, IEEE)
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatType:
+  """A wide float type fp8jax converts from and to, with its names elsewhere.
+
+  Attributes:
+    short: the command line's name ("bf16", "f16", "f32").
+    dtype: the NumPy (ml_dtypes) dtype.
+    layout: its bit layout.
+    safetensors: its safetensors dtype tag.
+    torch: the torch dtype name (`torch.<name>`).
+  """
+
+  short: str
+  dtype: np.dtype
+  layout: BitLayout
+  safetensors: str
+  torch: str
+
+
+FLOATS = (
+    FloatType("bf16", np.dtype(ml_dtypes.bfloat16), BFLOAT16, "BF16", "bfloat16"),
+    FloatType("f16", np.dtype(np.float16), FLOAT16, "F16", "float16"),
+    FloatType("f32", np.dtype(np.float32), FLOAT32, "F32", "float32"),
+)
+"""The input and output float types: the one table of their names."""
+
+FLOAT_LAYOUTS = {f.dtype: f.layout for f in FLOATS}
+FLOAT_NAMES = "bfloat16, float16 or float32"

@@ -6,13 +6,15 @@ import functools
 from typing import Any
 
 import jax
+from jax.typing import ArrayLike
 
-from fp8jax import scaling
-from fp8jax.formats import FormatLike
+from fp8jax.core.formats import FormatLike
+from fp8jax.quant import quantize as quantize_lib
+from fp8jax.quant.spec import QuantSpec
 
 
-def fake_quant(x: Any, fmt: FormatLike = "e4m3fn", *, key: jax.Array | None = None,
-               **options: Any) -> jax.Array:
+def fake_quant(x: ArrayLike, fmt: QuantSpec | FormatLike = "e4m3fn", *,
+               key: jax.Array | None = None, **options: Any) -> jax.Array:
   """`dequantize(quantize(x, fmt, **options), x.dtype)`, differentiable.
 
   The forward pass is the quantization round trip. The backward pass is the
@@ -23,10 +25,11 @@ def fake_quant(x: Any, fmt: FormatLike = "e4m3fn", *, key: jax.Array | None = No
 
   Args:
     x: bfloat16, float16 or float32 array.
-    fmt: element format.
+    fmt: a `QuantSpec`, or the element format.
     key: a jax.random key, for rounding="stochastic".
-    **options: keyword arguments of `fp8jax.quantize` (scaling, axis,
-      block_size, pow2, margin, rounding, overflow).
+    **options: with a format, keyword arguments of `fp8jax.quantize`
+      (scaling, axis, block_size, pow2, margin, rounding, overflow); with a
+      `Static` spec, `scale`.
 
   Returns:
     An array like `x`.
@@ -35,20 +38,22 @@ def fake_quant(x: Any, fmt: FormatLike = "e4m3fn", *, key: jax.Array | None = No
     >>> jax.grad(lambda v: fake_quant(v).sum())(jnp.array([1.0, 3.3]))
     Array([1., 1.], dtype=float32)
   """
-  static = options.pop("scaling", "tensor")
-  dynamic = None
-  if not isinstance(static, str):
-    static, dynamic = None, static
-  config = (fmt, static, tuple(sorted(options.items())))
-  return _fake_quant(config, x, key, dynamic)
+  if isinstance(fmt, QuantSpec):
+    spec, scale, arg = fmt, options.pop("scale", None), "scale"
+    if options:
+      raise TypeError(f"fake_quant(x, spec) takes only key and scale (got {sorted(options)})")
+  else:
+    scaling = options.pop("scaling", "tensor")
+    scale, arg = (None if isinstance(scaling, str) else scaling), "scaling"
+    spec = QuantSpec.from_options(fmt, scaling, **options)
+  return _fake_quant((spec, arg), x, key, scale)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fake_quant(config, x, key, scale):
-  fmt, static, options = config
-  q = scaling.quantize(x, fmt, scaling=static if scale is None else scale, key=key,
-                       **dict(options))
-  return scaling.dequantize(q, x.dtype)
+  spec, arg = config
+  q = quantize_lib.quantize_as(x, spec, key, scale, arg)
+  return quantize_lib.dequantize(q, x.dtype)
 
 
 def _forward(config, x, key, scale):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fp8jax.weight_layout import WeightLayout
+from fp8jax.checkpoint.stored import WeightLayout
 
 VLLM_BLOCK = [128, 128]
 

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fp8jax import _layout
-from fp8jax._layout import Layout
+from fp8jax.core import layout
+from fp8jax.core.layout import BitLayout
 
 NEAREST = "nearest"
 TOWARD_ZERO = "toward_zero"
@@ -58,7 +58,7 @@ def _word(a: jax.Array):
   return jnp.dtype(f"uint{width}").type, jnp.dtype(f"int{width}").type
 
 
-def word_for(src: Layout, dst: Layout, stochastic: bool, scaled: bool):
+def word_for(src: BitLayout, dst: BitLayout, stochastic: bool, scaled: bool):
   """The integer width the kernel computes in.
 
   Conversions between formats of at most 16 bits fit in 16-bit lanes (the
@@ -71,7 +71,7 @@ def word_for(src: Layout, dst: Layout, stochastic: bool, scaled: bool):
   return jnp.uint16
 
 
-def _unpack(bits: jax.Array, src: Layout, normalize: bool):
+def _unpack(bits: jax.Array, src: BitLayout, normalize: bool):
   """Splits unsigned codes into (sign, exponent, mantissa, is_nan, is_inf, is_zero).
 
   The value of a finite code is `mantissa * 2**(exponent - bias - M)` with
@@ -90,12 +90,12 @@ def _unpack(bits: jax.Array, src: Layout, normalize: bool):
   frac = mag & U((1 << m) - 1)
 
   false = jnp.zeros(bits.shape, jnp.bool_)
-  if src.convention == _layout.IEEE:
+  if src.convention == layout.IEEE:
     is_inf = mag == U(src.inf_magnitude)
     is_nan = mag > U(src.inf_magnitude)
-  elif src.convention == _layout.FN:
+  elif src.convention == layout.FN:
     is_inf, is_nan = false, mag == U(src.nan_code)
-  elif src.convention in (_layout.FNUZ, _layout.E8M0):
+  elif src.convention in (layout.FNUZ, layout.E8M0):
     is_inf, is_nan = false, bits == U(src.nan_code)
   else:
     is_inf, is_nan = false, false
@@ -115,7 +115,7 @@ def _unpack(bits: jax.Array, src: Layout, normalize: bool):
   return sign, exp, mant, is_nan, is_inf, mag == 0
 
 
-def exact_product(src: Layout) -> bool:
+def exact_product(src: BitLayout) -> bool:
   """Whether a product of `src` values and float32 scales fits in uint32.
 
   Codes of at most 7 significant bits times float32's 24 fit in 31 bits, so
@@ -124,7 +124,7 @@ def exact_product(src: Layout) -> bool:
   return src.mantissa_bits + 1 + _F32_MANTISSA_BITS + 1 <= 31
 
 
-def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
+def _scale(parts, src: BitLayout, scale: jax.Array, divide: bool):
   """Multiplies (or divides) unpacked values by float32 `scale`.
 
   Returns the `_unpack` tuple and the new mantissa width. Where
@@ -137,7 +137,7 @@ def _scale(parts, src: Layout, scale: jax.Array, divide: bool):
   sign, exp, mant, is_nan, is_inf, is_zero = parts
   s_bits = lax.bitcast_convert_type(scale.astype(jnp.float32), _u32)
   s_sign, s_exp, s_mant, s_nan, s_inf, s_zero = _unpack(
-      jnp.broadcast_to(s_bits, mant.shape), _layout.FLOAT32, normalize=True)
+      jnp.broadcast_to(s_bits, mant.shape), layout.FLOAT32, normalize=True)
   k = s_exp - _F32_BIAS
 
   if not divide and exact_product(src):
@@ -191,7 +191,7 @@ def _round_shift(mant, r, rounding: str, min_shift: int):
   raise AssertionError(rounding)
 
 
-def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEAREST,
+def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = NEAREST,
             overflow: str = SATURATE, rand: jax.Array | None = None,
             scale: jax.Array | None = None, divide: bool = False) -> jax.Array:
   """Converts `src` codes to `dst` codes.
@@ -222,15 +222,15 @@ def convert(bits: jax.Array, src: Layout, dst: Layout, *, rounding: str = NEARES
   src_m = src.mantissa_bits
   if scaled:
     parts, src_m = _scale(parts, src, scale, divide)
-  if exact and dst != _layout.FLOAT32:
+  if exact and dst != layout.FLOAT32:
     # The float32 product first, then the target, as float32 arithmetic
     # followed by a cast would round.
-    wide = _round_pack(parts, src.bias, src_m, _layout.FLOAT32, NEAREST, IEEE, None, True)
-    return convert(wide, _layout.FLOAT32, dst, rounding=rounding, overflow=overflow, rand=rand)
+    wide = _round_pack(parts, src.bias, src_m, layout.FLOAT32, NEAREST, IEEE, None, True)
+    return convert(wide, layout.FLOAT32, dst, rounding=rounding, overflow=overflow, rand=rand)
   return _round_pack(parts, src.bias, src_m, dst, rounding, overflow, rand, normalize or scaled)
 
 
-def _round_pack(parts, src_bias: int, src_m: int, dst: Layout, rounding: str, overflow: str,
+def _round_pack(parts, src_bias: int, src_m: int, dst: BitLayout, rounding: str, overflow: str,
                 rand, zero_mask: bool):
   """Rounds unpacked values onto `dst`'s grid and packs its codes."""
   sign, exp, mant, is_nan, is_inf, is_zero = parts
@@ -281,15 +281,15 @@ def _round_pack(parts, src_bias: int, src_m: int, dst: Layout, rounding: str, ov
   if inf_to is None:
     to_nan = to_nan | is_inf
 
-  if dst.convention == _layout.E8M0:
+  if dst.convention == layout.E8M0:
     to_nan = to_nan | (sign == 1) | is_zero
     return jnp.where(to_nan, U(dst.nan_code), mag)
-  if dst.convention == _layout.FNUZ:
+  if dst.convention == layout.FNUZ:
     sign = sign & (mag != 0).astype(U)  # no negative zero
   out = mag | (sign << (dst.bits - 1))
-  if dst.convention == _layout.FNUZ:
+  if dst.convention == layout.FNUZ:
     nan = U(dst.nan_code)
-  elif dst.convention == _layout.FINITE:
+  elif dst.convention == layout.FINITE:
     # No NaN code: ml_dtypes encodes NaN as the zero of the opposite sign.
     nan = (sign ^ U(1)) << (dst.bits - 1)
   else:
@@ -297,7 +297,7 @@ def _round_pack(parts, src_bias: int, src_m: int, dst: Layout, rounding: str, ov
   return jnp.where(to_nan, nan, out)
 
 
-def _overflow_targets(dst: Layout, rounding: str, overflow: str):
+def _overflow_targets(dst: BitLayout, rounding: str, overflow: str):
   """Magnitudes for finite overflow and for infinities; None means NaN."""
   top = dst.max_magnitude
   if not dst.has_nan:

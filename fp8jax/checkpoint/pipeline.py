@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax import hf_config
-from fp8jax import safetensors_io as st
-from fp8jax import scaling as _scaling
-from fp8jax import stats
-from fp8jax.safetensors_io import CheckpointError, Header, TensorInfo
-from fp8jax.selection import Selection
-from fp8jax.weight_layout import WeightLayout
+from fp8jax.checkpoint import hf_config
+from fp8jax.checkpoint import safetensors_io as st
+from fp8jax.quant.quantize import dequantize
+from fp8jax.quant import stats
+from fp8jax.checkpoint.safetensors_io import CheckpointError, Header, TensorInfo
+from fp8jax.checkpoint.selection import Selection
+from fp8jax.checkpoint.stored import WeightLayout
 
 METADATA_KEY = "fp8jax"
 METADATA_VERSION = 1
@@ -512,7 +512,7 @@ def _quantize_one(f, t: TensorInfo, writer: st.Writer, layout: WeightLayout, sca
   bits, scale = np.asarray(q.bits), np.asarray(q.scale)
   writer.write(t.name, bits)
   writer.write(scale_name, scale)
-  sqnr = stats.sqnr_db(x, _scaling.dequantize(q, jnp.float32))
+  sqnr = stats.sqnr_db(x, dequantize(q, jnp.float32))
   action = f"quantized {layout.describe()}"
   return TensorReport(t.name, t.dtype, t.shape, action, t.nbytes, bits.nbytes + scale.nbytes,
                       sqnr)
@@ -621,7 +621,7 @@ def _dequantize_file(h: Header, path: str, layout: WeightLayout, dtype: str | No
     scale = st.read_tensor(f, scale_info)
     src_dtype = st.DTYPES[tensors[t.name]["dtype"]]
     q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale), src_dtype)
-    values = np.asarray(_scaling.dequantize(q, st.DTYPES[target[t.name]]))
+    values = np.asarray(dequantize(q, st.DTYPES[target[t.name]]))
     writer.write(t.name, values)
     return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target[t.name]}",
                         t.nbytes + scale_info.nbytes, values.nbytes)

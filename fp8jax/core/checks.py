@@ -8,15 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax import _bits
-from fp8jax import _layout
+from fp8jax.core import kernel
+from fp8jax.core import layout
 
-FLOAT_LAYOUTS = {
-    np.dtype(jnp.bfloat16): _layout.BFLOAT16,
-    np.dtype(jnp.float16): _layout.FLOAT16,
-    np.dtype(jnp.float32): _layout.FLOAT32,
-}
-FLOAT_NAMES = "bfloat16, float16 or float32"
 
 
 def dtype_of(x: Any, argname: str) -> np.dtype:
@@ -27,22 +21,22 @@ def dtype_of(x: Any, argname: str) -> np.dtype:
   return np.dtype(dtype)
 
 
-def float_layout(x: Any, argname: str) -> _layout.Layout:
+def float_layout(x: Any, argname: str) -> layout.BitLayout:
   """The layout of a bfloat16/float16/float32 array, else TypeError."""
   dtype = dtype_of(x, argname)
-  if dtype not in FLOAT_LAYOUTS:
-    raise TypeError(f"{argname} must be {FLOAT_NAMES} (got {dtype})")
-  return FLOAT_LAYOUTS[dtype]
+  if dtype not in layout.FLOAT_LAYOUTS:
+    raise TypeError(f"{argname} must be {layout.FLOAT_NAMES} (got {dtype})")
+  return layout.FLOAT_LAYOUTS[dtype]
 
 
-def target_layout(dtype: Any, argname: str) -> tuple[np.dtype, _layout.Layout]:
+def target_layout(dtype: Any, argname: str) -> tuple[np.dtype, layout.BitLayout]:
   try:
     dt = np.dtype(dtype)
   except TypeError:
     dt = None
-  if dt not in FLOAT_LAYOUTS:
-    raise TypeError(f"{argname} must be {FLOAT_NAMES} (got {dtype!r})")
-  return dt, FLOAT_LAYOUTS[dt]
+  if dt not in layout.FLOAT_LAYOUTS:
+    raise TypeError(f"{argname} must be {layout.FLOAT_NAMES} (got {dtype!r})")
+  return dt, layout.FLOAT_LAYOUTS[dt]
 
 
 def code_array(bits: Any, argname: str) -> None:
@@ -52,14 +46,14 @@ def code_array(bits: Any, argname: str) -> None:
 
 
 def rounding_name(value: Any) -> None:
-  if value not in _bits.ROUNDINGS:
-    raise ValueError(f"rounding must be one of {', '.join(map(repr, _bits.ROUNDINGS))} "
+  if value not in kernel.ROUNDINGS:
+    raise ValueError(f"rounding must be one of {', '.join(map(repr, kernel.ROUNDINGS))} "
                      f"(got {value!r})")
 
 
 def rounding(value: Any, key: Any) -> None:
   rounding_name(value)
-  if value == _bits.STOCHASTIC:
+  if value == kernel.STOCHASTIC:
     if key is None:
       raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
     if not _is_key(key):
@@ -70,8 +64,8 @@ def rounding(value: Any, key: Any) -> None:
 
 
 def overflow(value: Any) -> None:
-  if value not in _bits.OVERFLOWS:
-    raise ValueError(f"overflow must be one of {', '.join(map(repr, _bits.OVERFLOWS))} "
+  if value not in kernel.OVERFLOWS:
+    raise ValueError(f"overflow must be one of {', '.join(map(repr, kernel.OVERFLOWS))} "
                      f"(got {value!r})")
 
 
@@ -136,3 +130,11 @@ def out(value: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
   if tuple(value.shape) != tuple(shape) or np.dtype(value.dtype) != np.dtype(dtype):
     raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype)} "
                      f"(got shape {tuple(value.shape)} and dtype {value.dtype})")
+
+
+def scale_or_none(scaling_factor: Any, shape: tuple[int, ...]) -> jax.Array | None:
+  """The checked `scaling_factor`, or None for 1.0, which skips scaling."""
+  if type(scaling_factor) in (int, float) and scaling_factor == 1:
+    return None  # the default: no array to build and read back on every call
+  scale = scale_factor(scaling_factor, "scaling_factor", shape)
+  return None if is_one(scale) else scale

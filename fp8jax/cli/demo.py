@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from fp8jax import checkpoint
-from fp8jax import safetensors_io as st
-from fp8jax import scaling as _scaling
-from fp8jax.convert import decode, encode
-from fp8jax.formats import FORMATS, Format
-from fp8jax.weight_layout import WeightLayout
+from fp8jax.checkpoint import pipeline as checkpoint
+from fp8jax.checkpoint import safetensors_io as st
+from fp8jax.quant.quantize import dequantize
+from fp8jax.core.codec import decode, encode
+from fp8jax.core.formats import FORMATS, Format
+from fp8jax.checkpoint.stored import WeightLayout
 
 EXAMPLE = [0.0, -0.0, 1.0, -1.5, 3.14159, 0.1, 1e-3, -13.7, 300.0, 7e4, float("inf"), float("nan")]
 DEMO_LAYOUT = ("e4m3fn", "block:128x128")
@@ -131,7 +131,7 @@ def check_round_trip(src: str, dequantized: str, layout: WeightLayout) -> list[s
       x, y = st.read_tensor(f, t), st.read_tensor(f2, t2)
     if t.dtype in st.FLOAT_TAGS and len(t.shape) >= 2 and "embed" not in name and (
         "lm_head" not in name):
-      expect = np.asarray(_scaling.dequantize(layout.quantize(jnp.asarray(x)), x.dtype))
+      expect = np.asarray(dequantize(layout.quantize(jnp.asarray(x)), x.dtype))
     else:
       expect = x
     if expect.tobytes() != y.tobytes():

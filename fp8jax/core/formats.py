@@ -9,10 +9,10 @@ from typing import Any, Union
 import ml_dtypes
 import numpy as np
 
-from fp8jax import _layout
-from fp8jax._layout import Layout
+from fp8jax.core import layout
+from fp8jax.core.layout import BitLayout
 
-CONVENTIONS = _layout.CONVENTIONS
+CONVENTIONS = layout.CONVENTIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,37 +46,37 @@ class Format:
   def __post_init__(self):
     _check_fields(self.exponent_bits, self.mantissa_bits, self.bias, self.convention)
     if not self.name:
-      object.__setattr__(self, "name", _default_name(self.layout))
+      object.__setattr__(self, "name", _default_name(self.bit_layout))
 
   @property
-  def layout(self) -> Layout:
-    return Layout(self.exponent_bits, self.mantissa_bits, self.bias, self.convention)
+  def bit_layout(self) -> BitLayout:
+    return BitLayout(self.exponent_bits, self.mantissa_bits, self.bias, self.convention)
 
   @property
   def bits(self) -> int:
     """Total width in bits: 8, or 6 and 4 for the MX sub-byte formats."""
-    return self.layout.bits
+    return self.bit_layout.bits
 
   @property
   def signed(self) -> bool:
-    return self.layout.signed
+    return self.bit_layout.signed
 
   @property
   def max(self) -> float:
     """The largest finite value."""
-    return self.layout.value(self.layout.max_magnitude)
+    return self.bit_layout.value(self.bit_layout.max_magnitude)
 
   @property
   def min_normal(self) -> float:
     """The smallest positive normal value."""
-    return 2.0 ** self.layout.min_exponent
+    return 2.0 ** self.bit_layout.min_exponent
 
   @property
   def min_subnormal(self) -> float:
     """The smallest positive value (min_normal where there are no subnormals)."""
-    if not self.layout.has_subnormals:
+    if not self.bit_layout.has_subnormals:
       return self.min_normal
-    return 2.0 ** (self.layout.min_exponent - self.mantissa_bits)
+    return 2.0 ** (self.bit_layout.min_exponent - self.mantissa_bits)
 
   @property
   def eps(self) -> float:
@@ -86,31 +86,31 @@ class Format:
   @property
   def max_code(self) -> int:
     """The code of +max."""
-    return self.layout.max_magnitude
+    return self.bit_layout.max_magnitude
 
   @property
   def nan_code(self) -> int | None:
     """The canonical NaN code, or None for formats without NaN."""
-    return self.layout.nan_code
+    return self.bit_layout.nan_code
 
   @property
   def inf_code(self) -> int | None:
     """The code of +inf, or None for formats without infinities."""
-    return self.layout.inf_magnitude
+    return self.bit_layout.inf_magnitude
 
   @property
   def neg_inf_code(self) -> int | None:
     """The code of -inf, or None for formats without infinities."""
-    inf = self.layout.inf_magnitude
-    return None if inf is None else inf | self.layout.sign_mask
+    inf = self.bit_layout.inf_magnitude
+    return None if inf is None else inf | self.bit_layout.sign_mask
 
   @property
   def has_inf(self) -> bool:
-    return self.layout.has_inf
+    return self.bit_layout.has_inf
 
   @property
   def has_nan(self) -> bool:
-    return self.layout.has_nan
+    return self.bit_layout.has_nan
 
   @property
   def has_negative_zero(self) -> bool:
@@ -124,7 +124,7 @@ class Format:
 
   def value(self, code: int) -> float:
     """The exact value of one code, as a Python float."""
-    return self.layout.value(code)
+    return self.bit_layout.value(code)
 
   def __repr__(self) -> str:
     return (f"Format({self.name!r}: e{self.exponent_bits}m{self.mantissa_bits}, "
@@ -145,7 +145,7 @@ def _check_fields(e: Any, m: Any, bias: Any, convention: Any) -> None:
                      f"1 + exponent_bits + mantissa_bits <= 8 (got e{e}m{m})")
   if convention == "ieee" and m < 1:
     raise ValueError("convention='ieee' needs mantissa_bits >= 1 to tell infinity from NaN")
-  layout = Layout(e, m, bias, convention)
+  layout = BitLayout(e, m, bias, convention)
   # Every value must be exact in float32, the widest decode target.
   low = layout.min_exponent - (m if layout.has_subnormals else 0)
   high = np.log2(layout.value(layout.max_magnitude)) if layout.max_magnitude else low
@@ -153,38 +153,60 @@ def _check_fields(e: Any, m: Any, bias: Any, convention: Any) -> None:
     raise ValueError(f"bias={bias} puts e{e}m{m} values outside float32's range")
 
 
-def _default_name(layout: Layout) -> str:
+def _default_name(layout: BitLayout) -> str:
   # Only formats built without a name get here, after FORMATS exists.
   for name, fmt in FORMATS.items():
-    if fmt.layout == layout:
+    if fmt.bit_layout == layout:
       return name
   e, m = layout.exponent_bits, layout.mantissa_bits
   return f"e{e}m{m}b{layout.bias}{'' if layout.convention == 'ieee' else layout.convention}"
 
 
+@dataclasses.dataclass(frozen=True)
+class ExternalNames:
+  """What other libraries call a named format (None where they have no name for it).
+
+  Attributes:
+    ml_dtypes: the ml_dtypes / jax.numpy dtype name.
+    torch: the torch dtype name (`torch.<name>`).
+    safetensors: the safetensors dtype tag of a tensor stored in this format.
+  """
+
+  ml_dtypes: str
+  torch: str | None = None
+  safetensors: str | None = None
+
+
 _NAMED = {
-    # name: (exponent bits, mantissa bits, bias, convention, ml_dtypes name)
-    "e4m3fn": (4, 3, 7, "fn", "float8_e4m3fn"),
-    "e4m3fnuz": (4, 3, 8, "fnuz", "float8_e4m3fnuz"),
-    "e4m3b11fnuz": (4, 3, 11, "fnuz", "float8_e4m3b11fnuz"),
-    "e5m2": (5, 2, 15, "ieee", "float8_e5m2"),
-    "e5m2fnuz": (5, 2, 16, "fnuz", "float8_e5m2fnuz"),
-    "e3m4": (3, 4, 3, "ieee", "float8_e3m4"),
-    "e4m3": (4, 3, 7, "ieee", "float8_e4m3"),
-    "e8m0fnu": (8, 0, 127, "e8m0", "float8_e8m0fnu"),
-    "e2m3fn": (2, 3, 1, "finite", "float6_e2m3fn"),
-    "e3m2fn": (3, 2, 3, "finite", "float6_e3m2fn"),
-    "e2m1fn": (2, 1, 1, "finite", "float4_e2m1fn"),
+    # name: (exponent bits, mantissa bits, bias, convention), external names
+    "e4m3fn": ((4, 3, 7, "fn"), ExternalNames("float8_e4m3fn", "float8_e4m3fn", "F8_E4M3")),
+    "e4m3fnuz": ((4, 3, 8, "fnuz"), ExternalNames("float8_e4m3fnuz", "float8_e4m3fnuz",
+                                                   "F8_E4M3FNUZ")),
+    "e4m3b11fnuz": ((4, 3, 11, "fnuz"), ExternalNames("float8_e4m3b11fnuz")),
+    "e5m2": ((5, 2, 15, "ieee"), ExternalNames("float8_e5m2", "float8_e5m2", "F8_E5M2")),
+    "e5m2fnuz": ((5, 2, 16, "fnuz"), ExternalNames("float8_e5m2fnuz", "float8_e5m2fnuz",
+                                                   "F8_E5M2FNUZ")),
+    "e3m4": ((3, 4, 3, "ieee"), ExternalNames("float8_e3m4")),
+    "e4m3": ((4, 3, 7, "ieee"), ExternalNames("float8_e4m3")),
+    "e8m0fnu": ((8, 0, 127, "e8m0"), ExternalNames("float8_e8m0fnu", "float8_e8m0fnu",
+                                                   "F8_E8M0")),
+    "e2m3fn": ((2, 3, 1, "finite"), ExternalNames("float6_e2m3fn")),
+    "e3m2fn": ((3, 2, 3, "finite"), ExternalNames("float6_e3m2fn")),
+    "e2m1fn": ((2, 1, 1, "finite"), ExternalNames("float4_e2m1fn", "float4_e2m1fn_x2")),
 }
 
 FORMATS: dict[str, Format] = {
-    name: Format(e, m, bias, conv, name=name) for name, (e, m, bias, conv, _) in _NAMED.items()
+    name: Format(*fields, name=name) for name, (fields, _) in _NAMED.items()
 }
 """Every named format, by name."""
 
-_ML_DTYPES_NAMES = {FORMATS[name]: spec[4] for name, spec in _NAMED.items()}
-_BY_DTYPE = {np.dtype(getattr(ml_dtypes, spec[4])): FORMATS[name] for name, spec in _NAMED.items()}
-_ALIASES = {spec[4]: name for name, spec in _NAMED.items()}
+EXTERNAL_NAMES: dict[str, ExternalNames] = {name: ext for name, (_, ext) in _NAMED.items()}
+"""Each named format's names in ml_dtypes, torch and safetensors: the one table of them."""
+
+_ML_DTYPES_NAMES = {FORMATS[name]: ext.ml_dtypes for name, ext in EXTERNAL_NAMES.items()}
+_BY_DTYPE = {np.dtype(getattr(ml_dtypes, ext.ml_dtypes)): FORMATS[name]
+             for name, ext in EXTERNAL_NAMES.items()}
+_ALIASES = {ext.ml_dtypes: name for name, ext in EXTERNAL_NAMES.items()}
 
 FormatLike = Union[str, Format, type, np.dtype]
 
@@ -265,3 +287,15 @@ def get_format(fmt: FormatLike, argname: str = "fmt") -> Format:
     raise ValueError(f"{argname} dtype {dtype} is not one of the named formats' dtypes; "
                      f"valid names: {', '.join(FORMATS)}")
   return _BY_DTYPE[dtype]
+
+
+def resolve_format(n_mantissa: int | None, format: FormatLike | None) -> Format:
+  """The format named by `format=`, else the one `n_mantissa` maps to."""
+  if format is None:
+    return format_for_mantissa(n_mantissa)
+  fmt = get_format(format, "format")
+  if n_mantissa is not None and n_mantissa != fmt.mantissa_bits:
+    raise ValueError(f"n_mantissa={n_mantissa!r} disagrees with format={fmt.name!r}, which has "
+                     f"{fmt.mantissa_bits} mantissa bits; pass n_mantissa=None or "
+                     f"{fmt.mantissa_bits}")
+  return fmt

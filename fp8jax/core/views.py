@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fp8jax import _checks
-from fp8jax.formats import FORMATS, FormatLike, _BY_DTYPE, get_format
+from fp8jax.core import checks
+from fp8jax.core.formats import FORMATS, FormatLike, _BY_DTYPE, get_format
 
 _VIEWABLE = [name for name, f in FORMATS.items() if f.bits == 8]
 
@@ -35,7 +35,7 @@ def as_float8(bits: Any, fmt: FormatLike) -> jax.Array:
     >>> as_float8(jnp.array([56], jnp.uint8), "e4m3fn")
     Array([1], dtype=float8_e4m3fn)
   """
-  _checks.code_array(bits, "bits")
+  checks.code_array(bits, "bits")
   f = get_format(fmt)
   if f.dtype is None or f.bits != 8:
     raise ValueError(f"fmt {f.name!r} has no 8-bit jax.numpy dtype to view codes as; "
@@ -56,7 +56,7 @@ def from_float8(x: Any) -> jax.Array:
     >>> from_float8(jnp.array([1.0], jnp.float8_e4m3fn))
     Array([56], dtype=uint8)
   """
-  dtype = _checks.dtype_of(x, "x")
+  dtype = checks.dtype_of(x, "x")
   if dtype not in _BY_DTYPE or dtype.itemsize * 8 != _BY_DTYPE[dtype].bits:
     raise TypeError(f"x must be an array of a float8 dtype ({', '.join(sorted(_VIEWABLE))}) "
                     f"(got {dtype})")

@@ -13,13 +13,15 @@ from collections.abc import Iterator, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax import safetensors_io as st
-from fp8jax import scaling as _scaling
-from fp8jax import stats
-from fp8jax.checkpoint import METADATA_KEY, Checkpoint, _parse_quant_info, open_checkpoint
-from fp8jax.formats import FORMATS, Format
-from fp8jax.safetensors_io import CheckpointError, TensorInfo
-from fp8jax.weight_layout import WeightLayout
+from fp8jax.checkpoint import safetensors_io as st
+from fp8jax.quant.quantize import quantize
+from fp8jax.quant.scales import amax
+from fp8jax.quant.spec import MX_ELEMENTS
+from fp8jax.quant import stats
+from fp8jax.checkpoint.pipeline import METADATA_KEY, Checkpoint, _parse_quant_info, open_checkpoint
+from fp8jax.core.formats import FORMATS, Format
+from fp8jax.checkpoint.safetensors_io import CheckpointError, TensorInfo
+from fp8jax.checkpoint.stored import WeightLayout
 
 DEFAULT_FORMATS = ("e4m3fn", "e5m2")
 DEFAULT_SCALINGS = ("none", "tensor", "channel", "block:128x128")
@@ -35,10 +37,10 @@ def _rows(x, shape: tuple[int, ...], formats: Sequence[str],
           scalings: Sequence[str]) -> Iterator[str]:
   for fmt in formats:
     for scaling in scalings:
-      if scaling == "mx" and fmt not in _scaling.MX_ELEMENTS:
+      if scaling == "mx" and fmt not in MX_ELEMENTS:
         continue
       if scaling == "none":
-        q = _scaling.quantize(x, fmt, scaling=1.0)
+        q = quantize(x, fmt, scaling=1.0)
       else:
         layout = WeightLayout.parse(fmt, scaling)
         if len(shape) < max(layout.min_ndim, 1 if scaling == "tensor" else 2):
@@ -106,7 +108,7 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
         if columns:
           yield columns  # once, above the first tensor with rows
           columns = ""
-        yield head + f"  amax {float(_scaling.amax(x)):.6g}"
+        yield head + f"  amax {float(amax(x)):.6g}"
         yield from _rows(x, t.shape, formats, scalings)
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import fnmatch
 from collections.abc import Iterable
 
-from fp8jax.safetensors_io import CheckpointError, TensorInfo
+from fp8jax.checkpoint.safetensors_io import CheckpointError, TensorInfo
 
 _FLOAT_TAGS = ("BF16", "F16", "F32", "F64")
 _SKIPPED_NAMES = ("embed", "lm_head")

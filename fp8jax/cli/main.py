@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-from fp8jax.safetensors_io import CheckpointError
+from fp8jax.checkpoint.safetensors_io import CheckpointError
 
 _PROGRESS_MIN_BYTES = 8 * 2**20
 _PROGRESS_MIN_INTERVAL_S = 0.1
@@ -88,7 +88,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 @contextlib.contextmanager
 def _progress(src: str, quiet: bool) -> Iterator:
-  from fp8jax.checkpoint import open_checkpoint  # validates IN before any work
+  from fp8jax.checkpoint.pipeline import open_checkpoint  # validates IN before any work
   total = sum(t.nbytes for t in open_checkpoint(src).tensors)
   if quiet or total < _PROGRESS_MIN_BYTES:
     yield None
@@ -111,9 +111,9 @@ def _print_summary(summary, args) -> None:
 
 
 def _quantize(args) -> int:
-  from fp8jax.checkpoint import quantize_checkpoint
-  from fp8jax.selection import Selection
-  from fp8jax.weight_layout import WeightLayout
+  from fp8jax.checkpoint.pipeline import quantize_checkpoint
+  from fp8jax.checkpoint.selection import Selection
+  from fp8jax.checkpoint.stored import WeightLayout
   layout = WeightLayout.parse(args.format, args.scaling)
   selection = Selection(tuple(args.include), tuple(args.exclude))
   with _progress(args.src, args.quiet) as step:
@@ -125,7 +125,7 @@ def _quantize(args) -> int:
 
 
 def _dequantize(args) -> int:
-  from fp8jax.checkpoint import dequantize_checkpoint
+  from fp8jax.checkpoint.pipeline import dequantize_checkpoint
   with _progress(args.src, args.quiet) as step:
     summary = dequantize_checkpoint(args.src, args.out, dtype=args.dtype, force=args.force,
                                     progress=step)
@@ -134,7 +134,7 @@ def _dequantize(args) -> int:
 
 
 def _inspect(args) -> int:
-  from fp8jax import inspection
+  from fp8jax.checkpoint import inspection
   formats = tuple(args.formats or inspection.DEFAULT_FORMATS)
   scalings = tuple(args.scalings or inspection.DEFAULT_SCALINGS)
   if args.plot:
@@ -151,7 +151,7 @@ def _inspect(args) -> int:
 
 def format_table() -> str:
   """Every named format: bits, bias, max, min normal, min subnormal, eps, specials."""
-  from fp8jax.formats import FORMATS
+  from fp8jax.core.formats import FORMATS
   head = ("name", "bits", "e", "m", "bias", "max", "min normal", "min subnormal", "eps",
           "specials")
   rows = [head]
@@ -190,7 +190,7 @@ def _formats(args) -> int:
 
 
 def _demo(args) -> int:
-  from fp8jax import demo
+  from fp8jax.cli import demo
   if args.tour:
     demo.tour()
     return 0

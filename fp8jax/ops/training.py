@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax import _checks
-from fp8jax import matmul
-from fp8jax.delayed import DelayedScaling, DelayedState
-from fp8jax.formats import Format, FormatLike, get_format
+from fp8jax.core import checks
+from fp8jax.ops import gemm
+from fp8jax.quant.delayed import DelayedScaling, DelayedState
+from fp8jax.core.formats import Format, FormatLike, get_format
 
 
 class Fp8DotState(NamedTuple):
@@ -77,7 +77,7 @@ class Fp8Recipe:
       if f.bits != 8 or not f.signed:
         raise ValueError(f"{name} must be a signed 8-bit format (got {f.name!r})")
       object.__setattr__(self, name, f)
-    _checks.overflow(self.overflow)
+    checks.overflow(self.overflow)
 
   def init(self, scale: float = 1.0) -> Fp8DotState:
     """A fresh state for one call site: empty histories, every scale `scale`."""
@@ -148,20 +148,20 @@ def fp8_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
   if not isinstance(state, Fp8DotState):
     raise TypeError(f"state must be an Fp8DotState (got {type(state).__name__}); make one with "
                     "fp8jax.fp8_dot_state()")
-  _checks.float_layout(lhs, "lhs")
-  _checks.float_layout(rhs, "rhs")
+  checks.float_layout(lhs, "lhs")
+  checks.float_layout(rhs, "rhs")
   lhs_dtype, rhs_dtype = np.dtype(lhs.dtype), np.dtype(rhs.dtype)
-  dims = matmul._dimension_numbers(dimension_numbers, lhs.shape, rhs.shape)
+  dims = gemm.check_dimension_numbers(dimension_numbers, lhs.shape, rhs.shape)
   if preferred_element_type is None:
     out_dtype = np.dtype(jnp.result_type(lhs_dtype, rhs_dtype))
   else:
-    out_dtype = matmul._out_dtype(preferred_element_type)
+    out_dtype = gemm.check_out_dtype(preferred_element_type)
   config = _Config(dims, out_dtype, lhs_dtype, rhs_dtype, recipe)
   return _fp8_dot(config, lhs, rhs, state)
 
 
 class _Config(NamedTuple):
-  dims: matmul.DimensionNumbers
+  dims: gemm.DimensionNumbers
   out_dtype: np.dtype
   lhs_dtype: np.dtype
   rhs_dtype: np.dtype
@@ -181,7 +181,7 @@ def _forward(config: _Config, lhs, rhs, state):
   recipe = config.recipe
   ql, next_lhs = _quantize(recipe, lhs, state.lhs, recipe.forward)
   qr, next_rhs = _quantize(recipe, rhs, state.rhs, recipe.forward)
-  out = matmul.dot(ql, qr, dimension_numbers=config.dims,
+  out = gemm.dot(ql, qr, dimension_numbers=config.dims,
                    preferred_element_type=jnp.float32).astype(config.out_dtype)
   return out, (ql, qr, next_lhs, next_rhs, state.grad)
 
@@ -218,7 +218,7 @@ def _transpose_lhs(g, y, x_ndim: int, y_ndim: int, dims, swap_out: bool):
   contract = ((out_y, tuple(y_kept)), (out_batch, tuple(y_batch)))
   x_contract_by_y = [x_contract[i] for i in np.argsort(y_contract)]
   axes = np.argsort(list(x_batch) + x_kept + x_contract_by_y)
-  prod = matmul.dot(g, y, dimension_numbers=contract, preferred_element_type=jnp.float32)
+  prod = gemm.dot(g, y, dimension_numbers=contract, preferred_element_type=jnp.float32)
   return jnp.transpose(prod, tuple(int(a) for a in axes))
 
 

@@ -19,29 +19,10 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from fp8jax import _checks
-from fp8jax import convert
-from fp8jax.formats import Format, FormatLike, format_for_mantissa, get_format
-
-
-def resolve_format(n_mantissa: int | None, format: FormatLike | None) -> Format:
-  """The format named by `format=`, else the one `n_mantissa` maps to."""
-  if format is None:
-    return format_for_mantissa(n_mantissa)
-  fmt = get_format(format, "format")
-  if n_mantissa is not None and n_mantissa != fmt.mantissa_bits:
-    raise ValueError(f"n_mantissa={n_mantissa!r} disagrees with format={fmt.name!r}, which has "
-                     f"{fmt.mantissa_bits} mantissa bits; pass n_mantissa=None or "
-                     f"{fmt.mantissa_bits}")
-  return fmt
-
-
-def scale_or_none(scaling_factor: Any, shape: tuple[int, ...]) -> jax.Array | None:
-  """The checked `scaling_factor`, or None for 1.0, which skips scaling."""
-  if type(scaling_factor) in (int, float) and scaling_factor == 1:
-    return None  # the default: no array to build and read back on every call
-  scale = _checks.scale_factor(scaling_factor, "scaling_factor", shape)
-  return None if _checks.is_one(scale) else scale
+from fp8jax.core import checks
+from fp8jax.core import codec
+from fp8jax.core import formats
+from fp8jax.core.formats import FormatLike
 
 
 def round_to_fp8_represented_as_int8(t: Any, n_mantissa: int | None, out: Any = None,
@@ -72,13 +53,13 @@ def round_to_fp8_represented_as_int8(t: Any, n_mantissa: int | None, out: Any = 
     >>> round_to_fp8_represented_as_int8(jnp.array([1.0, -2.0], jnp.bfloat16), 3)
     Array([ 56, 192], dtype=uint8)
   """
-  _checks.float_layout(t, "t")
-  fmt = resolve_format(n_mantissa, format)
-  _checks.rounding(rounding, key)
-  _checks.overflow(overflow)
-  scale = scale_or_none(scaling_factor, t.shape)
-  _checks.out(out, t.shape, np.dtype(np.uint8))
-  return convert.encode_into(t, fmt, scale, out, rounding=rounding, overflow=overflow, key=key)
+  checks.float_layout(t, "t")
+  fmt = formats.resolve_format(n_mantissa, format)
+  checks.rounding(rounding, key)
+  checks.overflow(overflow)
+  scale = checks.scale_or_none(scaling_factor, t.shape)
+  checks.out(out, t.shape, np.dtype(np.uint8))
+  return codec.encode_into(t, fmt, scale, out, rounding=rounding, overflow=overflow, key=key)
 
 
 def undo_int8_fp8(fp8_tensor: Any, n_mantissa: int | None, target_dt: Any = jnp.bfloat16,
@@ -104,12 +85,12 @@ def undo_int8_fp8(fp8_tensor: Any, n_mantissa: int | None, target_dt: Any = jnp.
     >>> undo_int8_fp8(jnp.array([56, 192], jnp.uint8), 3, jnp.float32)
     Array([ 1., -2.], dtype=float32)
   """
-  _checks.code_array(fp8_tensor, "fp8_tensor")
-  fmt = resolve_format(n_mantissa, format)
-  out_dtype, _ = _checks.target_layout(target_dt, "target_dt")
-  scale = scale_or_none(scaling_factor, fp8_tensor.shape)
-  _checks.out(out, fp8_tensor.shape, out_dtype)
-  return convert.decode_into(fp8_tensor, fmt, out_dtype, scale, out)
+  checks.code_array(fp8_tensor, "fp8_tensor")
+  fmt = formats.resolve_format(n_mantissa, format)
+  out_dtype, _ = checks.target_layout(target_dt, "target_dt")
+  scale = checks.scale_or_none(scaling_factor, fp8_tensor.shape)
+  checks.out(out, fp8_tensor.shape, out_dtype)
+  return codec.decode_into(fp8_tensor, fmt, out_dtype, scale, out)
 
 
 @jax.jit
@@ -130,7 +111,7 @@ def int32_to_bfloat16(x: Any) -> jax.Array:
     >>> int32_to_bfloat16(jnp.array([0x3F80, 0x12340000 | 0xC000], jnp.int32))
     Array([1, -2], dtype=bfloat16)
   """
-  dtype = _checks.dtype_of(x, "x")
+  dtype = checks.dtype_of(x, "x")
   if dtype not in (np.dtype(np.int32), np.dtype(np.uint32)):
     raise TypeError(f"x must be int32 (or uint32) (got {dtype})")
   return _low_half_as_bf16(x)

@@ -1,0 +1,227 @@
+"""Scaled quantization: `quantize` and `dequantize`, for every granularity of a `QuantSpec`.
+
+Every granularity is one computation over a grouped view of the input
+(`grouping`): the amax is a max over the block dimensions; the scale is
+`amax / (max * 2^-margin)`; the codes are `encode(x / scale)`. XLA fuses the
+amax reduction, the scale and the cast; there is no Python loop over blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jax import lax
+import numpy as np
+
+from fp8jax.core import checks
+from fp8jax.core import codec
+from fp8jax.core import formats
+from fp8jax.core import kernel
+from fp8jax.core import layout
+from fp8jax.core import packing
+from fp8jax.quant import grouping
+from fp8jax.quant import scales
+from fp8jax.quant.qarray import QArray
+from fp8jax.quant.spec import MX, Overflow, QuantSpec, Rounding, Static, Tensor
+
+# --- quantize / dequantize ---------------------------------------------------
+
+# From this many elements on, a 16-bit input divided by one scale is encoded
+# through a table of all 65,536 codes: 65,536 exact divisions and one gather
+# instead of a float32 division per element (XLA:CPU's vector division costs
+# more than the rest of the cast).
+_TABLE_MIN_SIZE = 1 << 18
+
+
+def _encode_divided(x: jax.Array, dst: layout.BitLayout, scale: jax.Array, rounding: str,
+                    overflow: str, key: jax.Array | None) -> jax.Array:
+  """`encode(x / scale)`, through a code table where that is exact and pays."""
+  if (rounding == kernel.STOCHASTIC or np.dtype(x.dtype).itemsize != 2 or scale.size != 1
+      or x.size < _TABLE_MIN_SIZE or grouping.sharding_spec(x) is not None):
+    return codec.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
+                                scale=scale, divide=True)
+  def build(s):
+    every = lax.bitcast_convert_type(lax.iota(jnp.uint16, 1 << 16), x.dtype)
+    return codec.encode_array(every, dst, rounding=rounding, overflow=overflow, scale=s,
+                                divide=True)
+
+  # Apart, or XLA fuses the table into the gather and redoes it per element.
+  table = grouping.apart(build, scale.reshape(()))
+  return table[lax.bitcast_convert_type(x, jnp.uint16)]
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "axis_name"))
+def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
+  fmt, kind, dst = spec.format, spec.kind, spec.format.bit_layout
+  axes, block = spec.grouping(x.ndim)
+  if kind == Static.kind:
+    bits = _encode_divided(x, dst, static_scale, spec.rounding, spec.overflow, key)
+    scale = static_scale
+  elif x.size == 0 and block is None:
+    # No values: the scale of an all-zero group.
+    bits = jnp.zeros(x.shape, jnp.uint8)
+    scale = jnp.ones(spec.scale_shape(x.shape), jnp.float32)
+  else:
+    view, inner = grouping.grouped(x, axes, grouping.blocks_for(x.shape, axes, block))
+    amax = scales.abs_max_bits(view, inner, axis_name)
+    if kind == MX.kind:
+      scale_kd = scales.mx_scale_codes(amax, fmt)
+      divisor = scales.scale_f32(scale_kd, kind)
+    else:
+      scale_kd = divisor = scales.dynamic_scale(amax, fmt, spec.pow2, spec.margin)
+    if kind == Tensor.kind:
+      scale = scale_kd.reshape(())
+      bits = _encode_divided(x, dst, scale, spec.rounding, spec.overflow, key)
+    else:
+      codes = codec.encode_array(view, dst, rounding=spec.rounding, overflow=spec.overflow,
+                                 key=key, scale=divisor, divide=True)
+      bits = grouping.ungrouped(codes, x.shape, axes)
+      scale = grouping.merged(scale_kd, grouping.pair_starts(x.ndim, axes))
+  if spec.pack:
+    bits = packing.pack_codes(bits)
+  # Formats without NaN encode NaN as a zero: count them, so none vanish unseen.
+  nan_count = None if fmt.has_nan else jnp.sum(jnp.isnan(x), dtype=jnp.int32)
+  return bits, scale, nan_count
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "dtype", "odd"))
+def _dequantize(bits, scale, *, spec: QuantSpec, dtype, odd):
+  if spec.pack:
+    bits = packing.unpack_codes(bits, 2 * bits.shape[-1] - int(odd))
+  if bits.size == 0:
+    return jnp.zeros(bits.shape, dtype)
+  src, kind = spec.format.bit_layout, spec.kind
+  scale = scales.scale_f32(scale, kind)
+  if kind == Static.kind:
+    return codec.decode_array(bits, src, dtype, scale=scale)
+  if kind == Tensor.kind:
+    # A per-tensor scale may carry leading batch axes from vmap.
+    scale = scale.reshape(scale.shape + (1,) * (bits.ndim - scale.ndim))
+    return codec.decode_array(bits, src, dtype, scale=scale)
+  axes, block = spec.grouping(bits.ndim)
+  if block is None and scale.ndim == bits.ndim:
+    # The scales already broadcast against the codes: no grouped view.
+    return codec.decode_array(bits, src, dtype, scale=scale)
+  view, inner = grouping.grouped(bits, axes, grouping.blocks_for(bits.shape, axes, block))
+  vals = codec.decode_array(view, src, dtype,
+                            scale=grouping.keepdims(scale, view.shape, inner))
+  return grouping.ungrouped(vals, bits.shape, axes)
+
+
+def quantize(x: ArrayLike, fmt: QuantSpec | formats.FormatLike = "e4m3fn", *, scaling: Any = "tensor",
+             axis: int | Sequence[int] = -1, block_size: int | Sequence[int] | None = None,
+             pow2: bool = False, margin: int = 0, rounding: Rounding = "nearest",
+             overflow: Overflow = "saturate", key: jax.Array | None = None,
+             pack: bool = False, axis_name: Any = None, scale: Any = None) -> QArray:
+  """Quantizes `x` to a small float format with scales: `x ≈ decode(bits) * scale`.
+
+  `quantize(x, spec)` takes everything from a `QuantSpec`; the keyword form
+  (`quantize(x, "e4m3fn", scaling="axis")`) builds the same spec
+  (`QuantSpec.from_options`) and gives the same bits.
+
+  Args:
+    x: bfloat16, float16 or float32 array.
+    fmt: a `QuantSpec` (then only `key`, `axis_name` and `scale` may be
+      given), or the element format (name, `Format` or float8 dtype).
+    scaling: "tensor" (one scale), "axis" (one scale per slice along `axis`),
+      "block" (blocks of `block_size` along `axis`, or 2-D tiles), "mx" (OCP
+      MX: 32-element blocks along `axis`, e8m0fnu power-of-two scales), or a
+      static scale: a positive finite number or float32 array broadcastable
+      to `x`, the multiplier that dequantizes.
+    axis: the axis the groups run along (per axis, block, MX); for 2-D tiles
+      a tuple of two axes (default: the last two).
+    block_size: block length for "block": an int, or a tuple such as
+      (128, 128) for tiles. Edges need not divide: the last block is short.
+    pow2: round each dynamic scale up to a power of two.
+    margin: headroom: scale = amax / max * 2^margin (a non-negative int).
+    rounding: "nearest", "toward_zero" or "stochastic" (needs `key`).
+    overflow: "saturate", "satfinite" or "ieee", for values beyond the range
+      (non-finite inputs, and values over a static or MX scale).
+    key: a jax.random key, for stochastic rounding.
+    pack: FP4 only: pack two codes per byte along the last axis.
+    axis_name: for per-shard code inside `shard_map`: the mesh axis name (or
+      tuple of names) that split the groups, so that the amax is reduced over
+      them too (one all-reduce): for "tensor" every mesh axis x is split
+      over, for "axis" those splitting `axis`. Blocks and MX blocks must lie
+      within a shard, so they take none. Not needed under `jax.jit`, where
+      XLA inserts the reduction itself.
+    scale: with a `Static` spec, the scale (as `scaling` in the keyword form).
+
+  Returns:
+    A `QArray`, carrying its spec with the axes resolved for `x`.
+
+  Example:
+    >>> q = quantize(jnp.array([[1.0, -2.0], [300.0, 4.0]]), "e4m3fn", scaling="axis")
+    >>> q.scale.shape
+    (2, 1)
+    >>> quantize(jnp.ones((2, 64)), QuantSpec("e4m3fn", Block((32,)))).scale.shape
+    (2, 2)
+  """
+  if isinstance(fmt, QuantSpec):
+    if scaling != "tensor" or axis != -1 or block_size is not None or pow2 or margin or (
+        rounding != "nearest" or overflow != "saturate" or pack):
+      raise ValueError("quantize(x, spec) takes its options from the spec; pass either a "
+                       "QuantSpec or keyword options, not both")
+    return quantize_as(x, fmt, key, scale, "scale", axis_name)
+  checks.float_layout(x, "x")
+  if scale is not None:
+    raise ValueError("scale= goes with a Static QuantSpec; in the keyword form the static "
+                     "scale is scaling=")
+  spec = QuantSpec.from_options(fmt, scaling, axis=axis, block_size=block_size, pow2=pow2,
+                                margin=margin, rounding=rounding, overflow=overflow, pack=pack)
+  return quantize_as(x, spec, key, None if isinstance(scaling, str) else scaling, "scaling",
+                     axis_name)
+
+
+def quantize_as(x: Any, spec: QuantSpec, key: jax.Array | None, scale: Any, scale_arg: str,
+                axis_name: Any = None) -> QArray:
+  """`quantize(x, spec)`: checks the arguments `spec` leaves open, then quantizes.
+
+  `scale_arg` is the name the caller gave the static scale, for errors.
+  """
+  checks.float_layout(x, "x")
+  checks.rounding(spec.rounding, key)
+  if spec.pack and x.ndim == 0:
+    raise ValueError("pack=True needs x with at least one axis")
+  spec = spec.resolved(x.ndim)
+  if spec.kind == Static.kind:
+    if scale is None:
+      raise ValueError("a Static spec needs scale=, the multiplier that dequantizes")
+    scale = checks.scale_factor(scale, scale_arg, tuple(x.shape), positive=True)
+    if tuple(scale.shape) != spec.granularity.shape:
+      raise ValueError(f"{scale_arg} of shape {tuple(scale.shape)} does not match the spec's "
+                       f"Static{spec.granularity.shape}")
+  elif scale is not None:
+    raise ValueError(f"scale= applies to a Static spec (got a {spec.kind} spec)")
+  if axis_name is not None and spec.grouping(x.ndim)[1] is not None:
+    raise ValueError(f"axis_name applies to scaling='tensor' and 'axis'; {spec.kind} groups "
+                     "must lie within a shard and need no reduction across shards")
+  if isinstance(axis_name, list):
+    axis_name = tuple(axis_name)
+  bits, q_scale, nan_count = _quantize(x, key, scale, spec=spec, axis_name=axis_name)
+  return QArray(bits, q_scale, spec, np.dtype(x.dtype),
+                bool(spec.pack and x.shape[-1] % 2), nan_count)
+
+
+def dequantize(q: QArray, dtype: Any = jnp.bfloat16) -> jax.Array:
+  """The values of a `QArray`: `decode(bits) * scale`, in float32, then `dtype`.
+
+  Args:
+    q: a QArray from `quantize`.
+    dtype: bfloat16 (default), float16 or float32.
+
+  Returns:
+    An array of `dtype` and `q.shape`.
+
+  Example:
+    >>> dequantize(quantize(jnp.array([1.0, -2.0, 3.0])), jnp.float32)
+    Array([ 1., -2.,  3.], dtype=float32)
+  """
+  if not isinstance(q, QArray):
+    raise TypeError(f"q must be a QArray (got {type(q).__name__})")
+  out_dtype, _ = checks.target_layout(dtype, "dtype")
+  return _dequantize(q.bits, q.scale, spec=q.spec, dtype=out_dtype, odd=q.odd)
