@@ -39,6 +39,7 @@ from fp8jax.ops.training import Fp8DotState
 from fp8jax.ops.training import Fp8Recipe
 from fp8jax.ops.training import fp8_dot_general
 from fp8jax.ops.training import fp8_dot_state
+from fp8jax.ops.training import tied
 from fp8jax.quant.delayed import DelayedScaling
 from fp8jax.quant.delayed import DelayedState
 from fp8jax.quant.fake import fake_quant
@@ -90,6 +91,7 @@ __all__ = [
     "quantize",
     "round_to_fp8_represented_as_int8",
     "scale_from_amax",
+    "tied",
     "undo_int8_fp8",
     "unpack_fp4",
 ]

@@ -246,3 +246,48 @@ def test_recipe_checks_its_formats():
   with pytest.raises(TypeError, match="lhs must be bfloat16"):
     fp8jax.fp8_dot_general(jnp.ones((2, 3), jnp.int32), jnp.ones((3, 4)), DIMS["matmul"][0],
                            state=fp8jax.fp8_dot_state())
+
+
+@pytest.mark.parametrize("amax_from", ["max", "most_recent"])
+def test_a_tied_state_merges_its_call_sites_by_max(amax_from):
+  # One weight applied twice (tied or re-applied): the state's update is the
+  # max over the two call sites, as if one site had seen every value.
+  recipe = fp8jax.Fp8Recipe(scaling=fp8jax.DelayedScaling(history=4, amax_from=amax_from))
+  dims = (((1,), (0,)), ((), ()))
+  w = jnp.ones((3, 4))
+  x1, x2 = jnp.ones((2, 3)), 2 * jnp.ones((2, 3))
+
+  def loss(w, state, tie):
+    s = fp8jax.tied(state) if tie else state
+    f = lambda x: fp8jax.fp8_dot_general(x, w, dims, state=s, recipe=recipe)
+    return (f(x1) + 3 * f(x2)).sum()
+
+  step = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+  (dw, s2), (dw_untied, s_untied) = step(w, recipe.init(), True), step(w, recipe.init(), False)
+  np.testing.assert_array_equal(dw, dw_untied)  # the gradients themselves are unchanged
+  # Untied, the two updates add up (the bug a tied state avoids).
+  assert float(s_untied.lhs.amax_history[0]) == 3.0
+  one_site = recipe.scaling.update(recipe.scaling.init(), jnp.float32(2.0))
+  np.testing.assert_array_equal(s2.lhs.amax_history, one_site.amax_history)
+  np.testing.assert_array_equal(s2.lhs.scale, one_site.scale)
+  np.testing.assert_array_equal(s2.rhs.amax_history[0], 1.0)
+  np.testing.assert_array_equal(s2.grad.amax_history[0], 3.0)  # the larger output gradient
+  np.testing.assert_array_equal(
+      s2.grad.scale, recipe.scaling.update(recipe.scaling.init(), jnp.float32(3.0), "e5m2").scale)
+
+
+def test_a_tied_state_where_one_site_sees_only_zeros():
+  # A site with an all-zero history and input must not outvote the other's scale.
+  dims = (((1,), (0,)), ((), ()))
+  w = jnp.ones((3, 4))
+
+  def loss(w, state):
+    s = fp8jax.tied(state)
+    return (fp8jax.fp8_dot_general(jnp.zeros((2, 3)), w, dims, state=s)
+            + fp8jax.fp8_dot_general(4 * jnp.ones((2, 3)), w, dims, state=s)).sum()
+
+  _, s2 = jax.jit(jax.grad(loss, argnums=(0, 1)))(w, fp8jax.fp8_dot_state())
+  ds = fp8jax.DelayedScaling()
+  np.testing.assert_array_equal(s2.lhs.scale, ds.update(ds.init(), jnp.float32(4.0)).scale)
+  with pytest.raises(TypeError, match="Fp8DotState"):
+    fp8jax.tied(ds.init())

@@ -314,10 +314,10 @@ def dot(a: QArray | jax.Array, b: QArray | jax.Array, *, dimension_numbers: Any 
     `lax.dot_general` orders them.
 
   Example:
-    >>> a = quantize(jnp.ones((2, 3)), "e4m3fn", scaling="axis")
-    >>> b = quantize(jnp.full((3, 4), 2.0), "e4m3fn", scaling="axis", axis=0)
+    >>> a = fp8jax.quantize(jnp.ones((2, 3)), "e4m3fn", scaling="axis")
+    >>> b = fp8jax.quantize(jnp.full((3, 4), 2.0), "e4m3fn", scaling="axis", axis=0)
     >>> dot(a, b)[0, 0]
-    Array(6., dtype=float32)
+    Array(6.0000005, dtype=float32)
   """
   a = _check_operand(a, "a")
   b = _check_operand(b, "b")
@@ -341,9 +341,9 @@ def matmul(a: QArray | jax.Array, b: QArray | jax.Array, *,
     `[M, N]` in `preferred_element_type`.
 
   Example:
-    >>> a = quantize(jnp.ones((2, 3)), "e4m3fn")
+    >>> a = fp8jax.quantize(jnp.ones((2, 3)), "e4m3fn")
     >>> matmul(a, jnp.ones((3, 4)))[0, 0]
-    Array(3., dtype=float32)
+    Array(3.0000002, dtype=float32)
   """
   a = _check_operand(a, "a")
   b = _check_operand(b, "b")

@@ -27,9 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from fp8jax.core import checks
+from fp8jax.core import f32
 from fp8jax.ops import gemm
+from fp8jax.ops import maxgrad
 from fp8jax.quant.delayed import DelayedScaling, DelayedState
-from fp8jax.core.formats import Format, FormatLike, get_format
+from fp8jax.core.formats import FormatLike, get_format
+from fp8jax.quant.spec import Overflow, QuantSpec
 
 
 class Fp8DotState(NamedTuple):
@@ -53,9 +56,13 @@ class Fp8Recipe:
   Attributes:
     scaling: the `DelayedScaling` rule (history length, margin, amax_from)
       shared by the three tensors.
-    forward: format of the operands in the forward pass (e4m3fn).
-    backward: format of the output gradient (e5m2: more range, less precision).
-    overflow: what values beyond a delayed scale's range become ("saturate").
+    forward: how the operands are quantized in the forward pass: a per-tensor
+      `QuantSpec`, or a format (then `QuantSpec(format, overflow=overflow)`);
+      default e4m3fn. Stored as the spec.
+    backward: the same for the output gradient (e5m2: more range, less
+      precision).
+    overflow: what values beyond a delayed scale's range become ("saturate"),
+      for roles given as a format.
 
   Example:
     >>> recipe = Fp8Recipe(scaling=DelayedScaling(history=4))
@@ -65,19 +72,24 @@ class Fp8Recipe:
   """
 
   scaling: DelayedScaling = DelayedScaling()
-  forward: FormatLike = "e4m3fn"
-  backward: FormatLike = "e5m2"
-  overflow: str = "saturate"
+  forward: QuantSpec | FormatLike = "e4m3fn"
+  backward: QuantSpec | FormatLike = "e5m2"
+  overflow: Overflow = "saturate"
 
   def __post_init__(self):
     if not isinstance(self.scaling, DelayedScaling):
       raise TypeError(f"scaling must be a DelayedScaling (got {type(self.scaling).__name__})")
+    checks.overflow(self.overflow)
     for name in ("forward", "backward"):
-      f = get_format(getattr(self, name))
+      role = getattr(self, name)
+      f = role.format if isinstance(role, QuantSpec) else get_format(role, name)
       if f.bits != 8 or not f.signed:
         raise ValueError(f"{name} must be a signed 8-bit format (got {f.name!r})")
-      object.__setattr__(self, name, f)
-    checks.overflow(self.overflow)
+      spec = role if isinstance(role, QuantSpec) else QuantSpec(f, overflow=self.overflow)
+      if spec.kind != "tensor" or spec.rounding == "stochastic":
+        raise ValueError(f"{name} must be a per-tensor spec with deterministic rounding "
+                         f"(got {spec})")
+      object.__setattr__(self, name, spec)
 
   def init(self, scale: float = 1.0) -> Fp8DotState:
     """A fresh state for one call site: empty histories, every scale `scale`."""
@@ -112,7 +124,10 @@ def fp8_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
   next state (it holds this step's amaxes of lhs, rhs and the output gradient
   pushed onto the histories, and the scales they give). Without a gradient the
   state does not change, so inference uses the trained scales. Give each call
-  site its own state: a state used twice would get the sum of two updates.
+  site its own state, or, where one state serves several call sites (tied or
+  re-applied weights), pass it through `tied` once, inside the jitted function
+  being differentiated, before its uses: autodiff then merges the sites'
+  updates by max (the amax of the whole step) instead of adding them.
 
   Drop-in use: bind the state, `functools.partial(fp8_dot_general,
   state=state)`, and pass it wherever a `dot_general` is taken (for example
@@ -156,7 +171,7 @@ def fp8_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
     out_dtype = np.dtype(jnp.result_type(lhs_dtype, rhs_dtype))
   else:
     out_dtype = gemm.check_out_dtype(preferred_element_type)
-  config = _Config(dims, out_dtype, lhs_dtype, rhs_dtype, recipe)
+  config = _Config(dims, out_dtype, lhs_dtype, rhs_dtype, recipe, maxgrad.is_max(state.lhs.scale))
   return _fp8_dot(config, lhs, rhs, state)
 
 
@@ -166,10 +181,66 @@ class _Config(NamedTuple):
   lhs_dtype: np.dtype
   rhs_dtype: np.dtype
   recipe: Fp8Recipe
+  tied: bool
 
 
-def _quantize(recipe: Fp8Recipe, x: jax.Array, state: DelayedState, fmt: Format):
-  return recipe.scaling.quantize(x, state, fmt, overflow=recipe.overflow)
+def _quantize(recipe: Fp8Recipe, x: jax.Array, state: DelayedState, spec: QuantSpec):
+  return recipe.scaling.quantize(x, state, spec)
+
+
+def _as_update(recipe: Fp8Recipe, state: DelayedState) -> DelayedState:
+  """A tied state's cotangent: max-accumulating, and no vote for the scale without an amax.
+
+  A site whose history is all zero would give scale 1, which could outvote
+  the smaller scale of a site that saw values; it gives -inf instead, and
+  `tied` turns a scale no site voted for back into 1.
+  """
+  used = recipe.scaling.used_amax(state.amax_history)
+  scale = jnp.where(f32.is_positive(used), state.scale, -jnp.inf)
+  return DelayedState(maxgrad.to_max(state.amax_history), maxgrad.to_max(scale))
+
+
+def tied(state: Fp8DotState) -> Fp8DotState:
+  """Marks a state shared by several `fp8_dot_general` call sites.
+
+  Call it once inside the jitted function being differentiated and pass the
+  result to every call site: the sites' state updates then merge by max, so
+  the history records the largest amax any site saw this step and the scale
+  follows from it, as if one call site had seen every value. Without it the
+  updates would add up (amaxes 1 and 2 recorded as 3).
+
+  Args:
+    state: the `Fp8DotState` shared by the call sites.
+
+  Returns:
+    The same state, in a dtype whose cotangents accumulate by max (usable
+    only inside the traced function).
+  """
+  if not isinstance(state, Fp8DotState):
+    raise TypeError(f"state must be an Fp8DotState (got {type(state).__name__})")
+  return _tied(state)
+
+
+@jax.custom_vjp
+def _tied(state):
+  return jax.tree.map(maxgrad.to_max, state)
+
+
+def _tied_forward(state):
+  return _tied(state), None
+
+
+def _tied_backward(_, merged):
+  def plain(d: DelayedState) -> DelayedState:
+    hist, scale = maxgrad.from_max(d.amax_history), maxgrad.from_max(d.scale)
+    # -inf: no call site gave a value (the max's identity).
+    return DelayedState(jnp.where(hist == -jnp.inf, 0.0, hist),
+                        jnp.where(scale == -jnp.inf, 1.0, scale))
+
+  return (Fp8DotState(plain(merged.lhs), plain(merged.rhs), plain(merged.grad)),)
+
+
+_tied.defvjp(_tied_forward, _tied_backward)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -179,6 +250,7 @@ def _fp8_dot(config: _Config, lhs, rhs, state):
 
 def _forward(config: _Config, lhs, rhs, state):
   recipe = config.recipe
+  state = jax.tree.map(maxgrad.from_max, state)
   ql, next_lhs = _quantize(recipe, lhs, state.lhs, recipe.forward)
   qr, next_rhs = _quantize(recipe, rhs, state.rhs, recipe.forward)
   out = gemm.dot(ql, qr, dimension_numbers=config.dims,
@@ -192,8 +264,10 @@ def _backward(config: _Config, residuals, g):
   qg, next_grad = _quantize(recipe, g, grad_state, recipe.backward)
   d_lhs, d_rhs = _transpose(qg, ql, qr, config.dims)
   # The state's "gradient" is its next value (overwrite with gradient).
-  return (d_lhs.astype(config.lhs_dtype), d_rhs.astype(config.rhs_dtype),
-          Fp8DotState(next_lhs, next_rhs, next_grad))
+  next_state = Fp8DotState(next_lhs, next_rhs, next_grad)
+  if config.tied:
+    next_state = Fp8DotState(*(_as_update(recipe, s) for s in next_state))
+  return d_lhs.astype(config.lhs_dtype), d_rhs.astype(config.rhs_dtype), next_state
 
 
 _fp8_dot.defvjp(_forward, _backward)

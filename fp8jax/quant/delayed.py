@@ -7,12 +7,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
+import numpy as np
 
 from fp8jax.core import f32
 from fp8jax.core.formats import FormatLike, get_format
 from fp8jax.quant import scales
 from fp8jax.quant.qarray import QArray
-from fp8jax.quant.quantize import quantize
+from fp8jax.quant.quantize import quantize_as
+from fp8jax.quant.spec import Overflow, QuantSpec, Rounding, Static, Tensor
 
 AMAX_FROM = ("max", "most_recent")
 
@@ -50,8 +53,8 @@ class DelayedScaling:
     >>> ds = DelayedScaling(history=4)
     >>> state = ds.init()
     >>> q, state = ds.quantize(jnp.ones((8,)), state)
-    >>> float(state.scale) == 1 / 448
-    True
+    >>> state.scale
+    Array(0.00223214, dtype=float32)
   """
 
   history: int = 16
@@ -71,8 +74,9 @@ class DelayedScaling:
     """A fresh state: an all-zero history and the given first scale."""
     return DelayedState(jnp.zeros((self.history,), jnp.float32), jnp.float32(scale))
 
-  def quantize(self, x: Any, state: DelayedState, fmt: FormatLike = "e4m3fn", *,
-               rounding: str = "nearest", overflow: str = "saturate",
+  def quantize(self, x: ArrayLike, state: DelayedState,
+               fmt: QuantSpec | FormatLike = "e4m3fn", *,
+               rounding: Rounding = "nearest", overflow: Overflow = "saturate",
                key: jax.Array | None = None, axis_name: Any = None
                ) -> tuple[QArray, DelayedState]:
     """Quantizes `x` with the state's scale; returns the QArray and the next state.
@@ -80,7 +84,8 @@ class DelayedScaling:
     Args:
       x: bfloat16, float16 or float32 array.
       state: the current `DelayedState`.
-      fmt: element format.
+      fmt: element format, or a per-tensor `QuantSpec` giving the format,
+        rounding and overflow (the headroom is this recipe's `margin`).
       rounding, overflow, key: as in `fp8jax.quantize`.
       axis_name: inside `shard_map`, the mesh axes x is split over; the amax
         is then one all-reduce over them. Under `jax.jit` on sharded arrays
@@ -89,15 +94,28 @@ class DelayedScaling:
     Returns:
       `(QArray, DelayedState)`.
     """
-    f = get_format(fmt)
-    q = quantize(x, f, scaling=state.scale, rounding=rounding, overflow=overflow,
-                         key=key)
-    return q, self.update(state, scales.amax(x, axis_name), f)
+    if isinstance(fmt, QuantSpec):
+      if rounding != "nearest" or overflow != "saturate":
+        raise ValueError("DelayedScaling.quantize(x, state, spec) takes rounding and overflow "
+                         "from the spec; pass either a QuantSpec or keyword options, not both")
+      spec = fmt
+    else:
+      spec = QuantSpec(fmt, rounding=rounding, overflow=overflow)
+    if spec.kind != Tensor.kind or spec.pow2 or spec.margin:
+      raise ValueError("DelayedScaling scales per tensor with its own margin; the spec must "
+                       f"be QuantSpec(format, Tensor(), rounding=..., overflow=...) (got {spec})")
+    q = quantize_as(x, dataclasses.replace(spec, granularity=Static(np.shape(state.scale))),
+                    key, state.scale, "state.scale")
+    return q, self.update(state, scales.amax(x, axis_name), spec.format)
+
+  def used_amax(self, history: jax.Array) -> jax.Array:
+    """The amax a history gives the scale: its maximum, or its newest entry."""
+    return f32.max_positive(history) if self.amax_from == "max" else history[0]
 
   def update(self, state: DelayedState, amax: jax.Array, fmt: FormatLike = "e4m3fn"
              ) -> DelayedState:
     """Pushes one amax onto the history and recomputes the scale."""
     hist = jnp.roll(state.amax_history, 1).at[0].set(jnp.asarray(amax, jnp.float32))
-    used = f32.max_positive(hist) if self.amax_from == "max" else hist[0]
+    used = self.used_amax(hist)
     scale = scales.scale_from_amax(used, get_format(fmt), margin=self.margin)
     return DelayedState(hist, scale)

@@ -218,8 +218,8 @@ def dequantize(q: QArray, dtype: Any = jnp.bfloat16) -> jax.Array:
     An array of `dtype` and `q.shape`.
 
   Example:
-    >>> dequantize(quantize(jnp.array([1.0, -2.0, 3.0])), jnp.float32)
-    Array([ 1., -2.,  3.], dtype=float32)
+    >>> dequantize(quantize(jnp.array([1.0, -2.0, 448.0])), jnp.float32)
+    Array([  1.,  -2., 448.], dtype=float32)
   """
   if not isinstance(q, QArray):
     raise TypeError(f"q must be a QArray (got {type(q).__name__})")

@@ -62,7 +62,7 @@ def sqnr_db(x: jax.Array, y: jax.Array) -> float:
 
   Example:
     >>> round(sqnr_db(jnp.array([1.0, 2.0]), jnp.array([1.0, 2.1])), 1)
-    26.0
+    27.0
   """
   signal, noise = _sums(x, jnp.asarray(y, jnp.float32))
   return _db(float(signal), float(noise))
