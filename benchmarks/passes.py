@@ -13,19 +13,20 @@ kernel in the same mode, so its time bounds every speedup over a peer:
 peer time / trivial time. With `--dump DIR`, XLA also writes its HLO, LLVM
 IR and object files there (XLA_FLAGS=--xla_dump_to), for reading the loops.
 
-Writes benchmarks/results/passes.json (through a temporary file).
+Writes benchmarks/results/passes.json (or --out), atomically.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import statistics
 import sys
-import tempfile
-import time
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # imports no JAX, so XLA_FLAGS can still be set below
 
 
 def _parse() -> argparse.Namespace:
@@ -33,8 +34,7 @@ def _parse() -> argparse.Namespace:
   parser.add_argument("--elements", type=int, default=1 << 26)
   parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--dump", default=None, help="folder for XLA's HLO / LLVM IR dumps")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                    "passes.json"))
+  parser.add_argument("--out", default=common.results_path("passes.json"))
   return parser.parse_args()
 
 
@@ -43,8 +43,8 @@ if ARGS is not None and ARGS.dump:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={ARGS.dump}")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
-import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fp8jax  # noqa: E402
@@ -73,14 +73,8 @@ def kernels(fn, *args) -> list[dict]:
 
 
 def _time(fn, repeats: int) -> float:
-  for _ in range(3):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  """Median seconds per call of fn, waited for, after 3 warm-up calls."""
+  return common.median_time(lambda: jax.block_until_ready(fn()), repeats, warmup=3)
 
 
 def main() -> None:
@@ -100,8 +94,8 @@ def main() -> None:
       "xla astype e4m3fn": (lambda a: a.astype(jnp.float8_e4m3fn), x),
       "xla astype f8->bf16": (lambda b: b.astype(jnp.bfloat16), f8),
   }
-  report: dict = {"elements": n, "jax": jax.__version__, "device": str(jax.devices()[0]),
-                  "cpu_count": os.cpu_count(), "ops": {}}
+  report: dict = {"elements": n, **common.versions("jax"), "device": common.device()["device"],
+                  "cpu_count": common.machine()["cpu_count"], "ops": {}}
   large = n // 64  # kernels producing fewer bytes than this are bookkeeping
   for name, (fn, arg) in ops.items():
     ks = kernels(fn, arg)
@@ -127,11 +121,7 @@ def main() -> None:
         f"reused {reused_s * 1e3:.2f} ms ({3 * n / reused_s / 1e9:.1f} GB/s); a fresh "
         f"output costs {(fresh_s - reused_s) * 1e3:.2f} ms of page faults")
 
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(args.out), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(report, f, indent=2)
-  os.replace(tmp, args.out)
+  common.write_json(args.out, report)
   print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -4,7 +4,8 @@ Usage: python benchmarks/sharded_quantize.py --devices 8
 
 Sets XLA's host device count before JAX starts, shards the rows over a
 (N,) mesh, and reports the median time and the collectives XLA emitted.
-Appends the result to benchmarks/results/sharded_quantize.json.
+Adds the result to benchmarks/results/sharded_quantize.json (or --out),
+replacing an earlier one for the same device count.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
-import time
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # imports no JAX, so XLA_FLAGS can still be set below
 
 
 def main() -> None:
@@ -23,12 +27,14 @@ def main() -> None:
   parser.add_argument("--devices", type=int, default=8)
   parser.add_argument("--elements", type=int, default=1 << 26)
   parser.add_argument("--repeats", type=int, default=9)
+  parser.add_argument("--out", default=common.results_path("sharded_quantize.json"))
   args = parser.parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   import jax
   import jax.numpy as jnp
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   import fp8jax
 
   rows = args.elements // 4096
@@ -39,25 +45,14 @@ def main() -> None:
   text = f.lower(x).compile().as_text()
   collectives = {k: len(re.findall(rf"= \S+ {k}(?:-start)?\(", text))
                  for k in ("all-reduce", "all-gather", "all-to-all", "collective-permute")}
-  for _ in range(3):
-    jax.block_until_ready(f(x))
-  times = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(x))
-    times.append(time.perf_counter() - t0)
-  result = {"devices": args.devices, "elements": rows * 4096,
-            "median_ms": statistics.median(times) * 1e3, "collectives": collectives,
-            "cpu_count": os.cpu_count(), "jax": jax.__version__}
+  seconds = common.median_time(lambda: jax.block_until_ready(f(x)), args.repeats, warmup=3)
+  result = {"devices": args.devices, "elements": rows * 4096, "median_ms": seconds * 1e3,
+            "collectives": collectives, "cpu_count": common.machine()["cpu_count"],
+            **common.versions("jax")}
   print(json.dumps(result))
-  out = os.path.join(os.path.dirname(__file__), "results", "sharded_quantize.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  previous = json.load(open(out)) if os.path.exists(out) else []
+  previous = common.read_json(args.out, default=[])
   previous = [r for r in previous if r["devices"] != args.devices] + [result]
-  tmp = out + ".tmp"
-  with open(tmp, "w") as fh:
-    json.dump(previous, fh, indent=2)
-  os.replace(tmp, out)
+  common.write_json(args.out, previous)
 
 
 if __name__ == "__main__":

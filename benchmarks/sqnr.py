@@ -3,28 +3,30 @@
 Usage: python benchmarks/sqnr.py [--size 4096]
 
 Prints a Markdown table (the one in the README) and writes it, with the raw
-numbers, to benchmarks/results/sqnr.json.
+numbers, to benchmarks/results/sqnr.json (or --out), atomically.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
+import sys
 
-import jax
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 import fp8jax
 
 LAYOUTS = {
-    "tensor": dict(scaling="tensor"),
-    "axis (per row)": dict(scaling="axis", axis=-1),
-    "block 1x128": dict(scaling="block", block_size=128),
-    "tile 128x128": dict(scaling="block", block_size=(128, 128)),
-    "mx (32, e8m0)": dict(scaling="mx"),
+    "tensor": {"scaling": "tensor"},
+    "axis (per row)": {"scaling": "axis", "axis": -1},
+    "block 1x128": {"scaling": "block", "block_size": 128},
+    "tile 128x128": {"scaling": "block", "block_size": (128, 128)},
+    "mx (32, e8m0)": {"scaling": "mx"},
 }
 FORMATS = ["e4m3fn", "e5m2"]
 
@@ -38,8 +40,7 @@ def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", type=int, default=4096)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                    "sqnr.json"))
+  parser.add_argument("--out", default=common.results_path("sqnr.json"))
   args = parser.parse_args()
   n = args.size
   rng = np.random.default_rng(0)
@@ -63,12 +64,8 @@ def main() -> None:
       rows.append(f"| {dname} | {fmt} | " + " | ".join(vals) + " |")
   table = "\n".join(rows)
   print(table)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(args.out), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump({"size": n, "sqnr_db": results, "table": table, "jax": jax.__version__}, f,
-              indent=2)
-  os.replace(tmp, args.out)
+  common.write_json(args.out, {"size": n, "sqnr_db": results, "table": table,
+                               **common.versions("jax")})
 
 
 if __name__ == "__main__":

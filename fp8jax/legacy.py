@@ -15,19 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
-from fp8jax.core import checks
-from fp8jax.core import codec
-from fp8jax.core import formats
+from fp8jax.core import checks, codec, formats
 from fp8jax.core.formats import FormatLike
+from fp8jax.core.kernel import Overflow, Rounding
 
 
-def round_to_fp8_represented_as_int8(t: Any, n_mantissa: int | None, out: Any = None,
-                                     scaling_factor: Any = 1.0, *, rounding: str = "nearest",
-                                     overflow: str = "saturate", key: jax.Array | None = None,
+def round_to_fp8_represented_as_int8(t: ArrayLike, n_mantissa: int | None, out: Any = None,
+                                     scaling_factor: Any = 1.0, *, rounding: Rounding = "nearest",
+                                     overflow: Overflow = "saturate", key: jax.Array | None = None,
                                      format: FormatLike | None = None) -> jax.Array:
   """Rounds `t * scaling_factor` to FP8 and returns the codes as uint8.
 
@@ -62,7 +62,7 @@ def round_to_fp8_represented_as_int8(t: Any, n_mantissa: int | None, out: Any = 
   return codec.encode_into(t, fmt, scale, out, rounding=rounding, overflow=overflow, key=key)
 
 
-def undo_int8_fp8(fp8_tensor: Any, n_mantissa: int | None, target_dt: Any = jnp.bfloat16,
+def undo_int8_fp8(fp8_tensor: ArrayLike, n_mantissa: int | None, target_dt: Any = jnp.bfloat16,
                   out: Any = None, scaling_factor: Any = 1.0, *,
                   format: FormatLike | None = None) -> jax.Array:
   """Decodes FP8 codes to `target_dt`, dividing by `scaling_factor`.
@@ -98,7 +98,7 @@ def _low_half_as_bf16(x: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(x.astype(jnp.uint16), jnp.bfloat16)
 
 
-def int32_to_bfloat16(x: Any) -> jax.Array:
+def int32_to_bfloat16(x: ArrayLike) -> jax.Array:
   """Reads the low 16 bits of each int32 as a bfloat16 bit pattern.
 
   Args:

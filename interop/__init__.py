@@ -1,15 +1,14 @@
 """The PyTorch bridge of fp8jax: zero-copy DLPack exchange and torch-facing conversions."""
 
-from interop.convert import TABLE_MAX_ELEMENTS
-from interop.convert import decode
-from interop.convert import encode
-from interop.convert import int32_to_bfloat16
-from interop.convert import round_to_fp8_represented_as_int8
-from interop.convert import undo_int8_fp8
-from interop.dlpack import as_torch_float8
-from interop.dlpack import from_torch_float8
-from interop.dlpack import to_jax
-from interop.dlpack import to_torch
+from interop.convert import (
+    TABLE_MAX_ELEMENTS,
+    decode,
+    encode,
+    int32_to_bfloat16,
+    round_to_fp8_represented_as_int8,
+    undo_int8_fp8,
+)
+from interop.dlpack import as_torch_float8, from_torch_float8, to_jax, to_torch
 
 __all__ = [
     "TABLE_MAX_ELEMENTS",

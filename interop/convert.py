@@ -23,10 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from fp8jax.core import checks
-from fp8jax.core import codec
-from fp8jax.core.layout import FLOATS
+from fp8jax.core import checks, codec
 from fp8jax.core.formats import Format, FormatLike, get_format, resolve_format
+from fp8jax.core.layout import FLOATS
 from interop.dlpack import _check_tensor, to_jax, to_torch
 
 # Above this many elements the JAX route is faster than a table gather
@@ -102,7 +101,7 @@ def _scale(scaling_factor: Any, shape: tuple[int, ...]) -> Any:
   return checks.scale_or_none(scaling_factor, shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _encode_table(fmt: Format, rounding: str, overflow: str, dtype: torch.dtype,
                   device: torch.device) -> torch.Tensor:
   patterns = jnp.asarray(np.arange(1 << 16, dtype=np.uint16)).view(_FLOATS[dtype])
@@ -110,7 +109,7 @@ def _encode_table(fmt: Format, rounding: str, overflow: str, dtype: torch.dtype,
   return torch.from_numpy(codes.copy()).to(device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _decode_table(fmt: Format, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
   values = codec.decode(jnp.arange(256, dtype=jnp.uint8), fmt, _FLOATS[dtype])
   return to_torch(values).clone().to(device)

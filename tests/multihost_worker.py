@@ -29,14 +29,16 @@ def main() -> None:
   import jax
   try:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  except Exception as e:  # noqa: BLE001
+  except Exception as e:
     print(f"CPU collectives are not available: {e}")
     sys.exit(3)
   jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
                              initialization_timeout=120)
-  import jax.numpy as jnp
   from jax.experimental import multihost_utils
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   import fp8jax
 
   assert jax.device_count() == 8 and jax.local_device_count() == 4
@@ -45,7 +47,7 @@ def main() -> None:
   sharding = NamedSharding(mesh, P("a", "b"))
   x = jax.make_array_from_callback(full.shape, sharding, lambda idx: jnp.asarray(full[idx]))
   for name, kwargs in LAYOUTS.items():
-    q = jax.jit(lambda a: fp8jax.quantize(a, "e4m3fn", **kwargs))(x)
+    q = jax.jit(lambda a, kwargs=kwargs: fp8jax.quantize(a, "e4m3fn", **kwargs))(x)
     bits = multihost_utils.process_allgather(q.bits, tiled=True)
     scale = multihost_utils.process_allgather(q.scale, tiled=True)
     if pid == 0:

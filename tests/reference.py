@@ -51,7 +51,7 @@ def positive_grid(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
   """Finite non-negative values in increasing order, and their codes."""
   codes = [c for c in range(1 << spec.bits)]
   vals = [code_value(spec, c) for c in codes]
-  pairs = sorted((v, c) for v, c in zip(vals, codes) if np.isfinite(v) and v >= 0
+  pairs = sorted((v, c) for v, c in zip(vals, codes, strict=False) if np.isfinite(v) and v >= 0
                  and not (v == 0 and c != 0))
   return np.array([v for v, _ in pairs]), np.array([c for _, c in pairs])
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-from hypothesis.extra import numpy as hnp
 
 import fp8jax
 from tests.conftest import ALL_FORMATS, DTYPES, dtype_id, ids
@@ -17,7 +18,10 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 LENGTH = 512
 
 
-def _arrays(dtype, shapes=st.just((LENGTH,))):
+_ONE_LENGTH = st.just((LENGTH,))
+
+
+def _arrays(dtype, shapes=_ONE_LENGTH):
   bits = np.dtype(np.uint32 if np.dtype(dtype).itemsize == 4 else np.uint16)
   return hnp.arrays(bits, shapes).map(lambda a: a.view(dtype))
 

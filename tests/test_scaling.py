@@ -155,7 +155,7 @@ def _expand(scales, shape, ref_args):
   if g == "axis":
     return np.broadcast_to(scales, shape).astype(np.float64)
   out = scales.astype(np.float64)
-  for a, b in zip(ref_args["axes"], ref_args["block"]):
+  for a, b in zip(ref_args["axes"], ref_args["block"], strict=False):
     out = np.repeat(out, b, axis=a % nd)
   return out[tuple(slice(0, n) for n in shape)]
 

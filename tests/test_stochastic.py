@@ -125,6 +125,7 @@ def test_split_keys_of_one_parent_are_unrelated():
 
 def test_arrays_beyond_two_to_the_32_elements_stay_32_bit_and_tell_rows_apart(monkeypatch):
   import warnings
+
   from fp8jax.core import randbits
   # Tracing a 2^33-element cast must not need 64-bit integers (JAX would
   # silently truncate them to 32 bits).
@@ -134,7 +135,7 @@ def test_arrays_beyond_two_to_the_32_elements_stay_32_bit_and_tell_rows_apart(mo
   assert out.dtype == jnp.uint32
   # The same branch on a small array, with the threshold lowered: the second
   # word is one value per row and differs between rows.
-  monkeypatch.setattr(_random, "_WORD", 16)
+  monkeypatch.setattr(randbits, "_WORD", 16)
   lo, hi = randbits._flat_index((8, 4))
   hi = np.asarray(hi)
   assert np.all(hi == hi[:, :1]) and len(set(hi[:, 0])) == 8

@@ -8,9 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.core import kernel
-from fp8jax.core import layout
-
+from fp8jax.core import kernel, layout
 
 
 def dtype_of(x: Any, argname: str) -> np.dtype:

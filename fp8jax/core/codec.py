@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
-from fp8jax.core import kernel
-from fp8jax.core import checks
-from fp8jax.core import layout
-from fp8jax.core import randbits
+from fp8jax.core import checks, kernel, layout, randbits
 from fp8jax.core.formats import FormatLike, get_format
+from fp8jax.core.kernel import Overflow, Rounding
 
 
 def _as_u32(x: jax.Array) -> jax.Array:
@@ -98,7 +97,8 @@ def _donatable(out: Any) -> bool:
   return isinstance(out, jax.Array) and not isinstance(out, jax.core.Tracer)
 
 
-def encode(x: Any, fmt: FormatLike, *, rounding: str = "nearest", overflow: str = "saturate",
+def encode(x: ArrayLike, fmt: FormatLike, *, rounding: Rounding = "nearest",
+           overflow: Overflow = "saturate",
            key: jax.Array | None = None) -> jax.Array:
   """Encodes floats as the codes of a small float format.
 
@@ -131,7 +131,7 @@ def encode(x: Any, fmt: FormatLike, *, rounding: str = "nearest", overflow: str 
                  divide=False)
 
 
-def decode(bits: Any, fmt: FormatLike, dtype: Any = jnp.bfloat16) -> jax.Array:
+def decode(bits: ArrayLike, fmt: FormatLike, dtype: Any = jnp.bfloat16) -> jax.Array:
   """Decodes the codes of a small float format to floats, exactly.
 
   Every code maps to its exact value; only float16 can fall short, for

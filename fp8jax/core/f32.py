@@ -8,12 +8,11 @@ bit patterns, so these helpers work on the uint32 patterns instead.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.core import codec
-from fp8jax.core import layout
+from fp8jax.core import codec, layout
 from fp8jax.core.formats import FORMATS
 
 BIAS = layout.FLOAT32.bias

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Union
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -208,7 +208,7 @@ _BY_DTYPE = {np.dtype(getattr(ml_dtypes, ext.ml_dtypes)): FORMATS[name]
              for name, ext in EXTERNAL_NAMES.items()}
 _ALIASES = {ext.ml_dtypes: name for name, ext in EXTERNAL_NAMES.items()}
 
-FormatLike = Union[str, Format, type, np.dtype]
+FormatLike = str | Format | type | np.dtype
 
 
 def ieee_format(exponent_bits: int, mantissa_bits: int) -> Format:
@@ -245,7 +245,7 @@ def format_for_mantissa(n_mantissa: int) -> Format:
   return ieee_format(7 - int(n_mantissa), int(n_mantissa))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lookup_name(name: str) -> Format | None:
   key = name.lower()
   return FORMATS.get(key) or FORMATS.get(_ALIASES.get(key, ""))

@@ -22,9 +22,12 @@ Outline, for one element:
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from fp8jax.core import layout
 from fp8jax.core.layout import BitLayout
@@ -32,21 +35,24 @@ from fp8jax.core.layout import BitLayout
 NEAREST = "nearest"
 TOWARD_ZERO = "toward_zero"
 STOCHASTIC = "stochastic"
-ROUNDINGS = (NEAREST, TOWARD_ZERO, STOCHASTIC)
+Rounding = Literal["nearest", "toward_zero", "stochastic"]
+ROUNDINGS = typing.get_args(Rounding)
 
 SATURATE = "saturate"
 SATFINITE = "satfinite"
 IEEE = "ieee"
-OVERFLOWS = (SATURATE, SATFINITE, IEEE)
+Overflow = Literal["saturate", "satfinite", "ieee"]
+OVERFLOWS = typing.get_args(Overflow)
 
 # Random bits added below the cut in stochastic rounding: 31, so that the
 # sum with a mantissa of at most 25 bits fits in uint32.
 RANDOM_BITS = 31
 
-_F32_MANTISSA_BITS = 23
-_F32_BIAS = 127
+# Scales are float32: its fields, from the one float32 layout.
+_F32_MANTISSA_BITS = layout.FLOAT32.mantissa_bits
+_F32_BIAS = layout.FLOAT32.bias
 # A float32 result at or above 2^128 is infinite.
-_F32_OVERFLOW_EXPONENT = 128
+_F32_OVERFLOW_EXPONENT = layout.FLOAT32.bias + 1
 
 _u32 = jnp.uint32
 _i32 = jnp.int32

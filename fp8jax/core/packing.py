@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fp8jax.core import checks
 
 _NIBBLE = 4
 
 
-def pack_fp4(codes: Any) -> jax.Array:
+def pack_fp4(codes: ArrayLike) -> jax.Array:
   """Packs 4-bit codes two per byte along the last axis, low nibble first.
 
   An odd last axis is padded with one zero code.
@@ -44,7 +44,7 @@ def pack_codes(codes: jax.Array) -> jax.Array:
   return pairs[..., 0] | (pairs[..., 1] << _NIBBLE)
 
 
-def unpack_fp4(packed: Any, n: int | None = None) -> jax.Array:
+def unpack_fp4(packed: ArrayLike, n: int | None = None) -> jax.Array:
   """Inverse of `pack_fp4`: one code per byte, the last axis cut to `n`.
 
   Args:

@@ -21,12 +21,12 @@ elements also mix in a hash of each element's leading indices.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import math
-from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 _u32 = jnp.uint32
 _MUL1 = 0x7FEB352D

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fp8jax.core import checks
-from fp8jax.core.formats import FORMATS, FormatLike, _BY_DTYPE, get_format
+from fp8jax.core.formats import _BY_DTYPE, FORMATS, FormatLike, get_format
 
 _VIEWABLE = [name for name, f in FORMATS.items() if f.bits == 8]
 
 
-def as_float8(bits: Any, fmt: FormatLike) -> jax.Array:
+def as_float8(bits: ArrayLike, fmt: FormatLike) -> jax.Array:
   """Reinterprets uint8 codes as the matching jax.numpy float8 array.
 
   A bitcast, not a conversion: the result feeds XLA's own FP8 operations,
@@ -43,7 +42,7 @@ def as_float8(bits: Any, fmt: FormatLike) -> jax.Array:
   return lax.bitcast_convert_type(jnp.asarray(bits), f.dtype)
 
 
-def from_float8(x: Any) -> jax.Array:
+def from_float8(x: ArrayLike) -> jax.Array:
   """Reinterprets a jax.numpy float8 array as its uint8 codes.
 
   Args:

@@ -17,21 +17,21 @@ handled by dequantizing one operand to float32 first (see `dot`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.core import checks
-from fp8jax.core import codec
-from fp8jax.core import packing
+from fp8jax.core import checks, codec, packing
 from fp8jax.core.views import as_float8
 from fp8jax.quant import scales
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.quantize import dequantize
+
 _OUT_DTYPES = "float32, bfloat16 or float16"
 
 DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
@@ -68,7 +68,7 @@ def _scale_grid(q: QArray) -> tuple[jax.Array, tuple[int | None, ...]]:
   scale = jnp.asarray(scales.scale_f32(q.scale, q.granularity), jnp.float32)
   scale = scale.reshape(q.spec.grid_shape(shape))
   axes, blocks = q.spec.grouping(len(shape))
-  blocked = {} if blocks is None else {a % len(shape): b for a, b in zip(axes, blocks)}
+  blocked = {} if blocks is None else {a % len(shape): b for a, b in zip(axes, blocks, strict=False)}
   block = []
   for d in range(len(shape)):
     if scale.shape[d] == 1:
@@ -226,7 +226,8 @@ def _axes(value: Any, nd: int, what: str) -> tuple[int, ...]:
   try:
     axes = tuple(int(v) for v in value)
   except TypeError:
-    raise ValueError(f"dimension_numbers: {what} must be a sequence of ints (got {value!r})")
+    raise ValueError(f"dimension_numbers: {what} must be a sequence of ints (got {value!r})"
+                     ) from None
   for d in axes:
     if not -nd <= d < nd:
       raise ValueError(f"dimension_numbers: {what} axis {d} is out of range for a {nd}-D operand")
@@ -248,7 +249,7 @@ def check_dimension_numbers(value: Any, shape_a: Sequence[int], shape_b: Sequenc
     (ca, cb), (ba, bb) = value
   except (TypeError, ValueError):
     raise ValueError("dimension_numbers must be ((a_contracting, b_contracting), (a_batch, "
-                     f"b_batch)) as in lax.dot_general (got {value!r})")
+                     f"b_batch)) as in lax.dot_general (got {value!r})") from None
   ca, ba = _axes(ca, na, "a contracting"), _axes(ba, na, "a batch")
   cb, bb = _axes(cb, nb, "b contracting"), _axes(bb, nb, "b batch")
   if len(ca) != len(cb) or len(ba) != len(bb):
@@ -257,7 +258,7 @@ def check_dimension_numbers(value: Any, shape_a: Sequence[int], shape_b: Sequenc
   if set(ca) & set(ba) or set(cb) & set(bb):
     raise ValueError("dimension_numbers: an axis cannot be both contracting and batch")
   for x, y, what in ((ca, cb, "contracting"), (ba, bb, "batch")):
-    for i, j in zip(x, y):
+    for i, j in zip(x, y, strict=False):
       if shape_a[i] != shape_b[j]:
         raise ValueError(f"dimension_numbers: {what} axes differ in length: a axis {i} has "
                          f"{shape_a[i]}, b axis {j} has {shape_b[j]}")

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 from jax import lax
-import numpy as np
 from jax._src import core as _core
 from jax._src import dtypes as _dtypes
+import jax.numpy as jnp
+import numpy as np
 
 
 class _Rules:

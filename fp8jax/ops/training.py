@@ -26,12 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.core import checks
-from fp8jax.core import f32
-from fp8jax.ops import gemm
-from fp8jax.ops import maxgrad
-from fp8jax.quant.delayed import DelayedScaling, DelayedState
+from fp8jax.core import checks, f32
 from fp8jax.core.formats import FormatLike, get_format
+from fp8jax.ops import gemm, maxgrad
+from fp8jax.quant.delayed import DelayedScaling, DelayedState
 from fp8jax.quant.spec import Overflow, QuantSpec
 
 

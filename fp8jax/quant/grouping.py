@@ -9,12 +9,12 @@ reshapes say where the shards go.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import math
-from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 
 def blocks_for(shape: Sequence[int], axes: tuple[int, ...], block: tuple[int, ...] | None):
@@ -58,7 +58,7 @@ def grouped(x: jax.Array, axes: tuple[int, ...], block: tuple[int, ...], fill=0)
   straddle shards, and on the block itself when one block spans the axis.
   """
   nd = x.ndim
-  pos = {a % nd: b for a, b in zip(axes, block)}
+  pos = {a % nd: b for a, b in zip(axes, block, strict=False)}
   spec = sharding_spec(x)
   pads, shape, inner, out_spec = [], [], [], []
   for d, n in enumerate(x.shape):

@@ -8,23 +8,18 @@ amax reduction, the scale and the cast; there is no Python loop over blocks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
-from jax import lax
 import numpy as np
 
-from fp8jax.core import checks
-from fp8jax.core import codec
-from fp8jax.core import formats
-from fp8jax.core import kernel
-from fp8jax.core import layout
-from fp8jax.core import packing
-from fp8jax.quant import grouping
-from fp8jax.quant import scales
+from fp8jax.core import checks, codec, formats, kernel, layout, packing
+from fp8jax.quant import grouping, scales
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.spec import MX, Overflow, QuantSpec, Rounding, Static, Tensor
 

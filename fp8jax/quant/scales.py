@@ -7,15 +7,12 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
-from fp8jax.core import checks
-from fp8jax.core import codec
-from fp8jax.core import f32
-from fp8jax.core import kernel
-from fp8jax.core import layout
+from fp8jax.core import checks, codec, f32, kernel, layout
 from fp8jax.core.formats import Format, FormatLike, get_format
 from fp8jax.quant import grouping
 from fp8jax.quant.spec import MX
@@ -112,7 +109,7 @@ def mx_scale_codes(amax: jax.Array, fmt: Format) -> jax.Array:
   return jnp.where(f32.is_positive(amax), code, f32.BIAS).astype(jnp.uint8)
 
 
-def amax(x: Any, axis_name: Any = None) -> jax.Array:
+def amax(x: ArrayLike, axis_name: Any = None) -> jax.Array:
   """The largest finite |x| as a float32 scalar (0 if there is none).
 
   Args:
@@ -133,7 +130,7 @@ def _amax_all(x, axis_name):
   return abs_max_bits(x, tuple(range(x.ndim)), axis_name).reshape(())
 
 
-def scale_from_amax(amax: Any, fmt: FormatLike = "e4m3fn", *, pow2: bool = False,
+def scale_from_amax(amax: ArrayLike, fmt: FormatLike = "e4m3fn", *, pow2: bool = False,
                     margin: int = 0) -> jax.Array:
   """The dynamic scale for an amax: amax / max * 2^margin, or 1 where amax is 0.
 

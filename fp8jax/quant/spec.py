@@ -20,18 +20,17 @@ Granularities, for an array of shape `[..., out, in]`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import math
 import re
-from typing import Any, ClassVar, Literal, Sequence, Union
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fp8jax.core import checks
 from fp8jax.core.formats import FORMATS, Format, FormatLike, get_format
-
-Rounding = Literal["nearest", "toward_zero", "stochastic"]
-Overflow = Literal["saturate", "satfinite", "ieee"]
+from fp8jax.core.kernel import Overflow, Rounding
 
 MX_BLOCK = 32
 MX_ELEMENTS = ("e4m3fn", "e5m2", "e2m3fn", "e3m2fn", "e2m1fn")
@@ -144,7 +143,7 @@ class Static:
     object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
 
 
-Granularity = Union[Tensor, Axis, Block, MX, Static]
+Granularity = Tensor | Axis | Block | MX | Static
 GRANULARITIES = (Tensor, Axis, Block, MX, Static)
 KINDS = tuple(g.kind for g in GRANULARITIES if g is not Static)
 _SPELLING = re.compile(r"block:([1-9][0-9]*)(?:x([1-9][0-9]*))?")
@@ -273,7 +272,7 @@ class QuantSpec:
     if block is None:
       grouped = {a % nd for a in axes}
       return tuple(1 if d in grouped else n for d, n in enumerate(shape))
-    sizes = {a % nd: b for a, b in zip(axes, block)}
+    sizes = {a % nd: b for a, b in zip(axes, block, strict=False)}
     return tuple(math.ceil(n / sizes[d]) if d in sizes else n for d, n in enumerate(shape))
 
   def spelling(self) -> str:

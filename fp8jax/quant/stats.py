@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.quant.quantize import dequantize
 from fp8jax.quant.qarray import QArray
+from fp8jax.quant.quantize import dequantize
 
 
 @dataclasses.dataclass(frozen=True)
