@@ -18,42 +18,26 @@ scaled quantization), `ops` (matmul and training), `checkpoint` (safetensors
 checkpoints), `cli` (the `fp8jax` command); `legacy` holds the original API.
 """
 
-from fp8jax.core.codec import decode
-from fp8jax.core.codec import encode
-from fp8jax.core.formats import FORMATS
-from fp8jax.core.formats import Format
-from fp8jax.core.formats import FormatLike
-from fp8jax.core.formats import format_for_mantissa
-from fp8jax.core.formats import get_format
-from fp8jax.core.formats import ieee_format
-from fp8jax.core.packing import pack_fp4
-from fp8jax.core.packing import unpack_fp4
-from fp8jax.core.views import as_float8
-from fp8jax.core.views import from_float8
-from fp8jax.legacy import int32_to_bfloat16
-from fp8jax.legacy import round_to_fp8_represented_as_int8
-from fp8jax.legacy import undo_int8_fp8
-from fp8jax.ops.gemm import dot
-from fp8jax.ops.gemm import matmul
-from fp8jax.ops.training import Fp8DotState
-from fp8jax.ops.training import Fp8Recipe
-from fp8jax.ops.training import fp8_dot_general
-from fp8jax.ops.training import fp8_dot_state
-from fp8jax.ops.training import tied
-from fp8jax.quant.delayed import DelayedScaling
-from fp8jax.quant.delayed import DelayedState
+from fp8jax.core.codec import decode, encode
+from fp8jax.core.formats import (
+    FORMATS,
+    Format,
+    FormatLike,
+    format_for_mantissa,
+    get_format,
+    ieee_format,
+)
+from fp8jax.core.packing import pack_fp4, unpack_fp4
+from fp8jax.core.views import as_float8, from_float8
+from fp8jax.legacy import int32_to_bfloat16, round_to_fp8_represented_as_int8, undo_int8_fp8
+from fp8jax.ops.gemm import dot, matmul
+from fp8jax.ops.training import Fp8DotState, Fp8Recipe, fp8_dot_general, fp8_dot_state, tied
+from fp8jax.quant.delayed import DelayedScaling, DelayedState
 from fp8jax.quant.fake import fake_quant
 from fp8jax.quant.qarray import QArray
-from fp8jax.quant.quantize import dequantize
-from fp8jax.quant.quantize import quantize
-from fp8jax.quant.scales import amax
-from fp8jax.quant.scales import scale_from_amax
-from fp8jax.quant.spec import MX
-from fp8jax.quant.spec import Axis
-from fp8jax.quant.spec import Block
-from fp8jax.quant.spec import QuantSpec
-from fp8jax.quant.spec import Static
-from fp8jax.quant.spec import Tensor
+from fp8jax.quant.scaled import dequantize, quantize
+from fp8jax.quant.scales import amax, scale_from_amax
+from fp8jax.quant.spec import MX, Axis, Block, QuantSpec, Static, Tensor
 
 __version__ = "0.1.0"
 

@@ -301,7 +301,7 @@ def test_large_per_tensor_casts_through_the_code_table_match_the_kernel(dtype, f
   # the kernel's direct per-element division.
   patterns = np.arange(1 << 16, dtype=np.uint16)
   x = jnp.asarray(np.random.default_rng(0).permutation(np.tile(patterns, 4)).view(dtype))
-  assert x.size >= fp8jax.quant.quantize._TABLE_MIN_SIZE
+  assert x.size >= fp8jax.quant.scaled._TABLE_MIN_SIZE
   for q in (fp8jax.quantize(x, fmt, overflow=overflow),
             fp8jax.quantize(x, fmt, scaling=0.37, overflow=overflow)):
     want = fp8jax.core.codec.encode_array(x, fmt.bit_layout, rounding="nearest", overflow=overflow,

@@ -30,7 +30,7 @@ from fp8jax.core import checks, codec, packing
 from fp8jax.core.views import as_float8
 from fp8jax.quant import scales
 from fp8jax.quant.qarray import QArray
-from fp8jax.quant.quantize import dequantize
+from fp8jax.quant.scaled import dequantize
 
 _OUT_DTYPES = "float32, bfloat16 or float16"
 

@@ -14,7 +14,7 @@ from fp8jax.core import f32
 from fp8jax.core.formats import FormatLike, get_format
 from fp8jax.quant import scales
 from fp8jax.quant.qarray import QArray
-from fp8jax.quant.quantize import quantize_as
+from fp8jax.quant.scaled import quantize_as
 from fp8jax.quant.spec import Overflow, QuantSpec, Rounding, Static, Tensor
 
 AMAX_FROM = ("max", "most_recent")

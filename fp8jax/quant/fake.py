@@ -9,7 +9,7 @@ import jax
 from jax.typing import ArrayLike
 
 from fp8jax.core.formats import FormatLike
-from fp8jax.quant import quantize as quantize_lib
+from fp8jax.quant import scaled
 from fp8jax.quant.spec import QuantSpec
 
 
@@ -52,8 +52,8 @@ def fake_quant(x: ArrayLike, fmt: QuantSpec | FormatLike = "e4m3fn", *,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fake_quant(config, x, key, scale):
   spec, arg = config
-  q = quantize_lib.quantize_as(x, spec, key, scale, arg)
-  return quantize_lib.dequantize(q, x.dtype)
+  q = scaled.quantize_as(x, spec, key, scale, arg)
+  return scaled.dequantize(q, x.dtype)
 
 
 def _forward(config, x, key, scale):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fp8jax.quant.qarray import QArray
-from fp8jax.quant.quantize import dequantize
+from fp8jax.quant.scaled import dequantize
 
 
 @dataclasses.dataclass(frozen=True)
