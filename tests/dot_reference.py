@@ -24,8 +24,8 @@ without FMA, errs by at most γ_n Σ|x_k||y_k|, γ_n = n·u / (1 − n·u), u = 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 import fp8jax

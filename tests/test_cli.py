@@ -24,6 +24,7 @@ import fp8jax  # noqa: E402
 from fp8jax import cli  # noqa: E402
 from fp8jax.checkpoint import safetensors_io as st  # noqa: E402
 from fp8jax.checkpoint.stored import WeightLayout  # noqa: E402
+from fp8jax.cli import progress  # noqa: E402
 from tests import cli_fixtures as fx  # noqa: E402
 
 F8_TORCH = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
@@ -81,7 +82,7 @@ def check_round_trip(path: str, tensors, layout: WeightLayout, quantized: set[st
 
 
 @pytest.mark.parametrize("fmt,scaling", [
-    ("e4m3fn", "tensor"), ("e4m3fn", "channel"), ("e5m2", "block:128"),
+    ("e4m3fn", "tensor"), ("e4m3fn", "axis"), ("e5m2", "block:128"),
     ("e4m3fn", "block:128x128"), ("e2m1fn", "mx"),
 ])
 def test_single_file_round_trip_is_the_library_bit_for_bit(single, tmp_path, fmt, scaling):
@@ -228,12 +229,12 @@ def test_other_layouts_are_recorded_under_fp8jax(tmp_path):
   tensors = fx.example(seed=3)
   src, _ = _model_folder(tmp_path, tensors)
   q = tmp_path / "fp8"
-  run("quantize", str(src), str(q), "--format", "e5m2", "--scaling", "channel")
+  run("quantize", str(src), str(q), "--format", "e5m2", "--scaling", "axis")
   with open(q / "config.json") as f:
     qc = json.load(f)["quantization_config"]
   assert qc["quant_method"] == "fp8jax"
   assert (qc["format"], qc["scaling"], qc["weight_dtype"], qc["scale_dtype"]) == (
-      "e5m2", "channel", "F8_E5M2", "F32")
+      "e5m2", "axis", "F8_E5M2", "F32")
   assert qc["scale_suffix"] == "_scale"
 
 
@@ -315,7 +316,7 @@ def test_inspect_reports_ranges_errors_and_quantized_scales(single, tmp_path, ca
   assert "model.layers.0.mlp.down_proj.weight  F32 [64, 200]  amax" in out
   rows = [line.split() for line in out.splitlines() if line.startswith("    e")]
   assert [(r[0], r[1]) for r in rows] == [
-      (f, s) for f in ("e4m3fn", "e5m2") for s in ("none", "tensor", "channel", "block:128x128")]
+      (f, s) for f in ("e4m3fn", "e5m2") for s in ("none", "tensor", "axis", "block:128x128")]
   x = jnp.asarray(tensors["model.layers.0.mlp.down_proj.weight"])
   for r in rows:
     fmt, scaling = r[0], r[1]
@@ -333,11 +334,11 @@ def test_inspect_reports_ranges_errors_and_quantized_scales(single, tmp_path, ca
   want = np.mean((np.asarray(x) != 0) & (np.abs(np.asarray(x)) < 2.0**-10))
   assert under == pytest.approx(want, abs=2e-3)
   q = str(tmp_path / "q.safetensors")
-  run("quantize", src, q, "--scaling", "channel")
+  run("quantize", src, q, "--scaling", "axis")
   assert cli.main(["inspect", q, "--match", "*up_proj*", "--match", "*norm*"]) == 0
   out = capsys.readouterr().out
-  assert "quantized by fp8jax: format e4m3fn, scaling channel" in out
-  assert ("model.layers.0.mlp.up_proj.weight  F8_E4M3 [200, 64]  e4m3fn channel (was F16); "
+  assert "quantized by fp8jax: format e4m3fn, scaling axis" in out
+  assert ("model.layers.0.mlp.up_proj.weight  F8_E4M3 [200, 64]  e4m3fn axis (was F16); "
           "scale model.layers.0.mlp.up_proj.weight_scale F32 [200, 1] in ") in out
   assert "model.norm.weight  BF16 [64]  amax" in out
 
@@ -384,8 +385,8 @@ class _Terminal(io.StringIO):
 def test_progress_bar_follows_large_checkpoints_tensor_by_tensor(single, tmp_path, monkeypatch,
                                                                  capsys):
   src, _ = single
-  monkeypatch.setattr(cli, "_PROGRESS_MIN_BYTES", 0)  # the example is small
-  monkeypatch.setattr(cli, "_PROGRESS_MIN_INTERVAL_S", 0)  # and quick: draw every step
+  monkeypatch.setattr(progress, "MIN_BYTES", 0)  # the example is small
+  monkeypatch.setattr(progress, "MIN_INTERVAL_S", 0)  # and quick: draw every step
   term = _Terminal()
   monkeypatch.setattr(sys, "stderr", term)
   assert cli.main(["quantize", src, str(tmp_path / "q.safetensors")]) == 0

@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("torch", reason="inputs are written with safetensors.torch")
 
-from fp8jax.checkpoint import pipeline as checkpoint  # noqa: E402
-from fp8jax import cli  # noqa: E402
-from tests import cli_fixtures as fx  # noqa: E402
+from fp8jax import cli
+from fp8jax.checkpoint import pipeline
+from tests import cli_fixtures as fx
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_out_equal_to_in(good, capsys):
 def test_existing_out_needs_force(good, capsys):
   src, out = good
   (out / "q.safetensors").write_bytes(b"keep me")
-  _expect_bad(capsys, ["quantize", str(src), str(out / "q.safetensors")], "pass --force",
+  _expect_bad(capsys, ["quantize", str(src), str(out / "q.safetensors")], "--force is needed",
               src.parent, out)
 
 
@@ -159,7 +159,7 @@ def test_bad_arguments(good, capsys):
   _expect_bad(capsys, ["quantize", str(src), str(out / "q"), "--format", "e4m3fnuz",
                        "--scaling", "mx"], "--scaling mx needs an MX element format", out)
   _expect_bad(capsys, ["quantize", str(src), str(out / "q"), "--rounding", "stochastic"],
-              "needs --seed", out)
+              "--seed is needed for stochastic rounding", out)
 
 
 def test_errors_from_the_installed_command_are_one_line(good):
@@ -183,7 +183,7 @@ def test_interrupted_write_leaves_no_out(tmp_path, monkeypatch, capsys, sharded,
     fx.save(src, fx.example())
   out = tmp_path / "out"
   out.mkdir()
-  real, calls = checkpoint._quantize_one, []
+  real, calls = pipeline.quantize_tensor, []
 
   def failing(*args, **kwargs):
     calls.append(1)
@@ -191,7 +191,7 @@ def test_interrupted_write_leaves_no_out(tmp_path, monkeypatch, capsys, sharded,
       raise exc("simulated failure")
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(checkpoint, "_quantize_one", failing)
+  monkeypatch.setattr(pipeline, "quantize_tensor", failing)
   before = fx.listing(str(src_dir))
   target = str(out / ("q" if sharded else "q.safetensors"))
   if exc is KeyboardInterrupt:
@@ -213,16 +213,16 @@ def test_force_replaces_an_out_folder_only_when_the_new_one_is_complete(tmp_path
   out.mkdir()
   (out / "old.txt").write_text("old")
   assert cli.main(["quantize", str(src), str(out), "-q"]) == 2
-  real = checkpoint._quantize_one
+  real = pipeline.quantize_tensor
 
   def failing(*args, **kwargs):
     raise RuntimeError("simulated failure")
 
-  monkeypatch.setattr(checkpoint, "_quantize_one", failing)
+  monkeypatch.setattr(pipeline, "quantize_tensor", failing)
   with pytest.raises(RuntimeError):
     cli.main(["quantize", str(src), str(out), "-q", "--force"])
   assert os.listdir(out) == ["old.txt"]  # the old OUT survives a failed --force
-  monkeypatch.setattr(checkpoint, "_quantize_one", real)
+  monkeypatch.setattr(pipeline, "quantize_tensor", real)
   assert cli.main(["quantize", str(src), str(out), "-q", "--force"]) == 0
   assert os.listdir(out) == ["model.safetensors"]
   assert sorted(os.listdir(tmp_path)) == ["in", "out"]  # no staging folders left

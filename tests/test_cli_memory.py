@@ -11,7 +11,7 @@ import numpy as np
 # (writing 5 to /proc/self/clear_refs resets VmHWM); else the process's lifetime peak.
 _MEASURE = """
 import resource, sys
-from fp8jax.cli.main import main
+from fp8jax.cli import main
 def hwm():
   try:
     with open("/proc/self/status") as f:

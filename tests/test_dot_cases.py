@@ -6,8 +6,8 @@ Same tolerance: the float32 accumulation bound of tests/dot_reference.py.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -8,9 +8,21 @@ import pytest
 
 import fp8jax
 from tests import reference
-from tests.conftest import (ALL_FORMATS, CUSTOM, NAMED, OVERFLOWS, ROUNDINGS, SOURCES,
-                            assert_codes_equal, clip_then_convert, dtype_id, every, ids,
-                            ml_codes, spec)
+from tests.conftest import (
+  ALL_FORMATS,
+  CUSTOM,
+  NAMED,
+  OVERFLOWS,
+  ROUNDINGS,
+  SOURCES,
+  assert_codes_equal,
+  clip_then_convert,
+  dtype_id,
+  every,
+  ids,
+  ml_codes,
+  spec,
+)
 
 
 @pytest.mark.parametrize("fmt", NAMED, ids=ids)

@@ -53,6 +53,6 @@ def test_python_examples_run():
   assert len(blocks) >= 3
   namespace: dict = {}
   for block in blocks:
-    exec(compile(block, README, "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(block, README, "exec"), namespace)
   assert namespace["w_hat"].shape == (300, 260)
   assert namespace["ys"].shape == (50, 1024)

@@ -67,7 +67,7 @@ def test_two_processes_give_the_single_process_bits(tmp_path):
   if any("CPU collectives are not available" in o for o in outputs):
     pytest.skip("this jaxlib has no CPU collectives (gloo)")
   assert all(p.returncode == 0 for p in procs), "\n----\n".join(o[-3000:] for o in outputs)
-  from tests.multihost_worker import data, LAYOUTS
+  from tests.multihost_worker import LAYOUTS, data
   x = jnp.asarray(data())
   for name, kwargs in LAYOUTS.items():
     got = np.load(tmp_path / f"{name}.npz")

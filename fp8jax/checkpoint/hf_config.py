@@ -38,7 +38,8 @@ def quantization_config(layout: WeightLayout, ignored: Iterable[str]) -> dict[st
     A JSON-ready dict.
 
   Example:
-    >>> quantization_config(WeightLayout.parse("e4m3fn", "block:128x128"), ["lm_head.weight"])
+    >>> layout = WeightLayout.parse("e4m3fn", "block:128x128")
+    >>> quantization_config(layout, ["lm_head.weight"])  # doctest: +NORMALIZE_WHITESPACE
     {'quant_method': 'fp8', 'activation_scheme': 'dynamic', 'weight_block_size': [128, 128],
      'ignored_layers': ['lm_head'], 'modules_to_not_convert': ['lm_head']}
   """

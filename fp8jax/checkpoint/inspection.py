@@ -4,28 +4,30 @@ quantized checkpoint holds; the log2|x| histogram plot.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 import fnmatch
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from fp8jax.checkpoint import safetensors_io as st
-from fp8jax.quant.quantize import quantize
+from fp8jax.checkpoint.errors import CheckpointError
+from fp8jax.checkpoint.files import atomic_write
+from fp8jax.checkpoint.metadata import QuantMetadata
+from fp8jax.checkpoint.safetensors_io import TensorInfo
+from fp8jax.checkpoint.source import Checkpoint, open_checkpoint
+from fp8jax.checkpoint.stored import WeightLayout
+from fp8jax.core.formats import FORMATS, Format
+from fp8jax.quant import stats
+from fp8jax.quant.scaled import quantize
 from fp8jax.quant.scales import amax
 from fp8jax.quant.spec import MX_ELEMENTS
-from fp8jax.quant import stats
-from fp8jax.checkpoint.pipeline import METADATA_KEY, Checkpoint, _parse_quant_info, open_checkpoint
-from fp8jax.core.formats import FORMATS, Format
-from fp8jax.checkpoint.safetensors_io import CheckpointError, TensorInfo
-from fp8jax.checkpoint.stored import WeightLayout
 
 DEFAULT_FORMATS = ("e4m3fn", "e5m2")
-DEFAULT_SCALINGS = ("none", "tensor", "channel", "block:128x128")
-"""`none` is a raw cast (scale 1); the rest are `--scaling` spellings."""
+DEFAULT_SCALINGS = ("none", "tensor", "axis", "block:128x128")
+"""`none` is a raw cast (scale 1); the rest are `WeightLayout.parse` spellings."""
 _MAX_PLOTS = 8
 
 
@@ -40,14 +42,14 @@ def _rows(x, shape: tuple[int, ...], formats: Sequence[str],
       if scaling == "mx" and fmt not in MX_ELEMENTS:
         continue
       if scaling == "none":
-        q = quantize(x, fmt, scaling=1.0)
+        q, spelling = quantize(x, fmt, scaling=1.0), scaling
       else:
         layout = WeightLayout.parse(fmt, scaling)
         if len(shape) < max(layout.min_ndim, 1 if scaling == "tensor" else 2):
-          continue  # per channel / block of a 0-D or 1-D tensor says nothing new
-        q = layout.quantize(x)
+          continue  # per axis / block of a 0-D or 1-D tensor says nothing new
+        q, spelling = layout.quantize(x), layout.scaling  # "channel" prints as "axis"
       s = stats.cast_stats(x, q)
-      yield (f"    {fmt:<12s} {scaling:<14s} {s.overflow:>9.3%} {s.underflow:>10.3%} "
+      yield (f"    {fmt:<12s} {spelling:<14s} {s.overflow:>9.3%} {s.underflow:>10.3%} "
              f"{s.sqnr_db:>8.2f}")
 
 
@@ -65,12 +67,30 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
   Args:
     path: a safetensors file, an index or a folder.
     formats: format names to try.
-    scalings: "none" (raw cast) and `--scaling` spellings to try.
+    scalings: "none" (raw cast) and `WeightLayout.parse` spellings to try.
     match: globs on tensor names; only matching tensors are reported.
+
+  Raises:
+    CheckpointError: bad input or arguments (its `param` names the argument).
+
+  Example:
+    >>> import os, shutil, tempfile
+    >>> from fp8jax.checkpoint.safetensors_io import write_file
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "model.safetensors")
+    >>> write_file(path, {"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)})
+    >>> for line in inspect_checkpoint(path, formats=["e4m3fn"], scalings=["tensor"]):
+    ...   print(line)
+        format       scaling         overflow  underflow  SQNR dB
+    w  F32 [8, 8]  amax 1
+        e4m3fn       tensor            0.000%     0.000%    32.12
+    >>> shutil.rmtree(folder)
   """
+  signed = [n for n, f in FORMATS.items() if f.signed]
   for fmt in formats:
-    if fmt not in FORMATS or not FORMATS[fmt].signed:
-      raise CheckpointError(f"--format {fmt!r} is not a signed format name")
+    if fmt not in signed:
+      raise CheckpointError(f"formats must be signed format names: {', '.join(signed)} "
+                            f"(got {fmt!r})", param="formats")
   for scaling in scalings:
     if scaling != "none":
       WeightLayout.parse("e4m3fn", scaling)
@@ -78,16 +98,19 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
   names = [t.name for t in ckpt.tensors]
   for g in match:
     if not any(fnmatch.fnmatchcase(n, g) for n in names):
-      raise CheckpointError(f"--match {g!r} matches no tensor in the checkpoint")
-  info = ckpt.quant_info()
-  if info is not None:
-    yield f"quantized by fp8jax: format {info['format']}, scaling {info['scaling']}"
+      raise CheckpointError(f"match {g!r} matches no tensor in the checkpoint", param="match")
+  merged = QuantMetadata.merged(ckpt.headers)
+  if merged is not None:
+    yield (f"quantized by fp8jax: format {merged.layout.fmt.name}, "
+           f"scaling {merged.layout.scaling}")
   columns = (f"{'':4s}{'format':<12s} {'scaling':<14s} {'overflow':>9s} {'underflow':>10s} "
              f"{'SQNR dB':>8s}")
   for h in ckpt.headers:
-    raw = h.metadata.get(METADATA_KEY)
-    quantized = _parse_quant_info(h.path, raw)["tensors"] if raw is not None else {}
-    scales = {e["scale"]: n for n, e in quantized.items()}
+    meta = QuantMetadata.of(h)
+    if meta is not None:
+      meta.check(h)
+    quantized = meta.tensors if meta is not None else {}
+    scales = meta.scales if meta is not None else {}
     by_name = {t.name: t for t in h.tensors}
     with open(h.path, "rb") as f:
       for t in h.tensors:
@@ -95,8 +118,8 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
           continue
         head = f"{t.name}  {t.dtype} [{', '.join(map(str, t.shape))}]"
         if t.name in quantized:
-          yield head + "  " + _describe_quantized(f, t, by_name[quantized[t.name]["scale"]],
-                                                 quantized[t.name]["dtype"], info)
+          entry = quantized[t.name]
+          yield head + "  " + _describe_quantized(f, by_name[entry.scale], entry.dtype, meta)
           continue
         if t.dtype not in st.FLOAT_TAGS:
           yield head + "  (not a bf16/f16/f32 tensor)"
@@ -112,14 +135,14 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
         yield from _rows(x, t.shape, formats, scalings)
 
 
-def _describe_quantized(f, t: TensorInfo, scale_info: TensorInfo, dtype: str, info) -> str:
+def _describe_quantized(f, scale_info: TensorInfo, dtype: str, meta: QuantMetadata) -> str:
   scale = st.read_tensor(f, scale_info)
-  if info["scaling"] == "mx":
+  if meta.layout.scaling == "mx":
     exps = scale.astype(np.int32) - 127
     rng = f"2^{exps.min()} .. 2^{exps.max()}"
   else:
     rng = f"{scale.min():.6g} .. {scale.max():.6g}"
-  return (f"{info['format']} {info['scaling']} (was {dtype}); scale {scale_info.name} "
+  return (f"{meta.layout.describe()} (was {dtype}); scale {scale_info.name} "
           f"{scale_info.dtype} [{', '.join(map(str, scale_info.shape))}] in {rng}")
 
 
@@ -134,9 +157,9 @@ def check_plot(out: str, force: bool):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
-    raise CheckpointError("--plot needs matplotlib: pip install 'fp8jax[plot]'") from None
+    raise CheckpointError("plotting needs matplotlib: pip install 'fp8jax[plot]'") from None
   if os.path.lexists(out) and not force:
-    raise CheckpointError(f"{out} exists; pass --force to replace it")
+    raise CheckpointError(f"force is needed to replace {out}, which exists", param="force")
   return plt
 
 
@@ -152,7 +175,7 @@ def plot_histograms(ckpt: Checkpoint | str, out: str, *, formats: Sequence[str] 
 
   Args:
     ckpt: a checkpoint or its path.
-    out: the PNG to write (written to a temporary name, then renamed).
+    out: the PNG to write (`atomic_write`: complete or not at all).
     formats: the formats whose ranges to draw.
     match: globs on tensor names.
     force: replace an existing `out`.
@@ -166,10 +189,10 @@ def plot_histograms(ckpt: Checkpoint | str, out: str, *, formats: Sequence[str] 
             if t.dtype in st.FLOAT_TAGS and math.prod(t.shape) > 0
             and (_matches(t.name, match) if match else len(t.shape) >= 2)][:_MAX_PLOTS]
   if not chosen:
-    raise CheckpointError("--plot: no bf16/f16/f32 tensor to draw")
+    raise CheckpointError("no bf16/f16/f32 tensor to plot")
   fig, axes = plt.subplots(len(chosen), 1, figsize=(8, 2.2 * len(chosen)), squeeze=False)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for ax, (h, t) in zip(axes[:, 0], chosen):
+  for ax, (h, t) in zip(axes[:, 0], chosen, strict=True):
     with open(h.path, "rb") as f:
       x = st.read_tensor(f, t).astype(np.float32).reshape(-1)
     x = np.abs(x[np.isfinite(x) & (x != 0)])
@@ -183,14 +206,9 @@ def plot_histograms(ckpt: Checkpoint | str, out: str, *, formats: Sequence[str] 
   axes[0, 0].legend(fontsize=8, loc="upper left")
   axes[-1, 0].set_xlabel("log2 |x|")
   fig.tight_layout()
-  folder = os.path.dirname(os.path.abspath(out))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".png", dir=folder)
-  os.close(fd)
   try:
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, out)
+    with atomic_write(out, "wb") as f:
+      fig.savefig(f, format="png", dpi=100)
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.unlink(tmp)
   return [t.name for _, t in chosen]

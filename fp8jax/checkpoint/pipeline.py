@@ -1,31 +1,30 @@
 """Quantize and dequantize whole safetensors checkpoints, one tensor at a time.
 
-A checkpoint is a single `.safetensors` file, a sharded one given by its
-`*.safetensors.index.json`, or a folder of them (a Hugging Face model folder
-when a `config.json` is beside them). Every header is read and checked
-before anything is written; then each output file is written tensor by
-tensor (memory holds one tensor and its codes, never the file) into a
-temporary name beside OUT, and renamed into place only when everything is
-complete. The input is only ever opened for reading.
+Both directions run through one driver: the input is opened and checked
+(`source.open_checkpoint`), a conversion is planned (which tensors change,
+into what) with every check that can be made before writing, then each
+output file is written tensor by tensor into a staged output
+(`output.staged_output`; memory holds one tensor and its codes, never the
+file), and one side-file writer writes the index, `config.json` and the
+folder's other files. OUT appears only when everything is complete; the
+input is only ever opened for reading.
 
-Quantized files record what they hold in their metadata, under the key
-`fp8jax`: a JSON string `{"version": 1, "format": ..., "scaling": ...,
-"tensors": {name: {"dtype": original dtype tag, "scale": scale tensor name}}}`.
-Each scale is stored in the same file as its weight.
+A conversion (`_Quantize`, `_Dequantize`) says what each input tensor
+becomes (`outputs`: its output tensors, none for a scale read with its
+weight) and writes it (`convert`), what each file's metadata becomes
+(`metadata`; quantized files record themselves as `metadata.py` describes),
+and what `config.json` becomes (`config`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
+from typing import Any, BinaryIO, ClassVar, Protocol
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
@@ -33,342 +32,104 @@ import numpy as np
 
 from fp8jax.checkpoint import hf_config
 from fp8jax.checkpoint import safetensors_io as st
-from fp8jax.quant.quantize import dequantize
-from fp8jax.quant import stats
-from fp8jax.checkpoint.safetensors_io import CheckpointError, Header, TensorInfo
+from fp8jax.checkpoint.errors import CheckpointError
+from fp8jax.checkpoint.files import write_json
+from fp8jax.checkpoint.metadata import KEY, QuantizedTensor, QuantMetadata
+from fp8jax.checkpoint.output import copy_others, staged_output
+from fp8jax.checkpoint.report import Summary, TensorReport
+from fp8jax.checkpoint.safetensors_io import Header, TensorInfo
 from fp8jax.checkpoint.selection import Selection
+from fp8jax.checkpoint.source import CONFIG, Checkpoint, open_checkpoint
 from fp8jax.checkpoint.stored import WeightLayout
+from fp8jax.core.layout import FLOATS
+from fp8jax.quant import stats
+from fp8jax.quant.scaled import dequantize
 
-METADATA_KEY = "fp8jax"
-METADATA_VERSION = 1
-INDEX_SUFFIX = ".safetensors.index.json"
-CONFIG = "config.json"
-_DTYPE_NAMES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
+ROUNDINGS = ("nearest", "stochastic")
+"""The roundings a checkpoint can be quantized with."""
+DTYPE_TAGS = {f.short: f.safetensors for f in FLOATS}
+"""`dequantize_checkpoint`'s dtype names and their safetensors tags: bf16 -> BF16, ..."""
 
 Progress = Callable[[str, int], None]
 """Called after each tensor with its name and its size in bytes."""
 
 
-# --- the input ---------------------------------------------------------------
+# --- the driver ----------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-  """A checkpoint on disk, its headers read and validated.
-
-  Attributes:
-    path: the path given (file, index or folder).
-    kind: "file", "index" or "folder".
-    headers: each safetensors file's header, in a stable order.
-    index: the parsed index JSON (without its weight map), or None.
-    index_name: the index file's name, or None.
-    config: the folder's parsed `config.json`, or None.
-  """
-
-  path: str
-  kind: str
-  headers: tuple[Header, ...]
-  index: dict[str, Any] | None = None
-  index_name: str | None = None
-  config: dict[str, Any] | None = None
-
-  @property
-  def folder(self) -> str:
-    return self.path if self.kind == "folder" else os.path.dirname(os.path.abspath(self.path))
-
-  @property
-  def tensors(self) -> Iterator[TensorInfo]:
-    for h in self.headers:
-      yield from h.tensors
-
-  @property
-  def nbytes(self) -> int:
-    return sum(os.path.getsize(h.path) for h in self.headers)
-
-  def quant_info(self) -> dict[str, Any] | None:
-    """The fp8jax metadata of a quantized checkpoint (merged over shards), or None."""
-    merged: dict[str, Any] | None = None
-    for h in self.headers:
-      raw = h.metadata.get(METADATA_KEY)
-      if raw is None:
-        continue
-      info = _parse_quant_info(h.path, raw)
-      if merged is None:
-        merged = dict(info, tensors={})
-      elif (info["format"], info["scaling"]) != (merged["format"], merged["scaling"]):
-        raise CheckpointError(f"{h.path} holds {info['format']} {info['scaling']} weights, "
-                              f"other shards {merged['format']} {merged['scaling']}")
-      merged["tensors"].update(info["tensors"])
-    return merged
-
-
-def _parse_quant_info(path: str, raw: str) -> dict[str, Any]:
-  try:
-    info = json.loads(raw)
-    WeightLayout.parse(info["format"], info["scaling"])
-    for entry in info["tensors"].values():
-      if entry["dtype"] not in st.FLOAT_TAGS or not isinstance(entry["scale"], str):
-        raise ValueError(entry)
-  except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise CheckpointError(f"{path}: corrupt {METADATA_KEY} metadata ({e})") from None
-  if info.get("version") != METADATA_VERSION:
-    raise CheckpointError(f"{path}: {METADATA_KEY} metadata version {info.get('version')!r} is "
-                          f"not {METADATA_VERSION}; use the fp8jax that wrote it")
-  return info
-
-
-def open_checkpoint(path: str) -> Checkpoint:
-  """Finds and validates the safetensors files of a checkpoint.
-
-  Args:
-    path: a `.safetensors` file, a `*.safetensors.index.json`, or a folder
-      holding safetensors files (with or without an index and `config.json`).
-
-  Returns:
-    A `Checkpoint`.
-
-  Raises:
-    CheckpointError: a missing path, a file that is not safetensors, a
-      corrupt header or index, or a tensor name found twice.
-  """
-  if not os.path.exists(path):
-    raise CheckpointError(f"{path}: no such file or folder")
-  if os.path.isdir(path):
-    return _open_folder(path)
-  if path.endswith(".json"):
-    index, weight_map = _read_index(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    headers = _headers_for_index(path, folder, weight_map)
-    return _checked(Checkpoint(path, "index", headers, index, os.path.basename(path)))
-  return _checked(Checkpoint(path, "file", (st.read_header(path),)))
-
-
-def _open_folder(path: str) -> Checkpoint:
-  names = sorted(os.listdir(path))
-  indexes = [n for n in names if n.endswith(INDEX_SUFFIX)]
-  if len(indexes) > 1:
-    raise CheckpointError(f"{path}: more than one index file ({', '.join(indexes)})")
-  config = None
-  if os.path.isfile(os.path.join(path, CONFIG)):
-    config = _read_json(os.path.join(path, CONFIG))
-    if not isinstance(config, dict):
-      raise CheckpointError(f"{os.path.join(path, CONFIG)}: not a JSON object")
-  if indexes:
-    index_path = os.path.join(path, indexes[0])
-    index, weight_map = _read_index(index_path)
-    headers = _headers_for_index(index_path, path, weight_map)
-    return _checked(Checkpoint(path, "folder", headers, index, indexes[0], config))
-  files = [n for n in names if n.endswith(".safetensors")
-           and os.path.isfile(os.path.join(path, n))]
-  if not files:
-    raise CheckpointError(f"{path}: no .safetensors files in this folder")
-  headers = tuple(st.read_header(os.path.join(path, n)) for n in files)
-  return _checked(Checkpoint(path, "folder", headers, None, None, config))
-
-
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path}: invalid JSON ({e})") from None
-  except OSError as e:
-    raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-
-
-def _read_index(path: str) -> tuple[dict[str, Any], dict[str, str]]:
-  index = _read_json(path)
-  weight_map = index.get("weight_map") if isinstance(index, dict) else None
-  if not isinstance(weight_map, dict) or not all(
-      isinstance(k, str) and isinstance(v, str) and os.path.basename(v) == v and v
-      for k, v in weight_map.items()):
-    raise CheckpointError(f"{path}: not a safetensors index (needs a weight_map from tensor "
-                          "names to shard file names)")
-  rest = {k: v for k, v in index.items() if k != "weight_map"}
-  return rest, weight_map
-
-
-def _headers_for_index(index_path: str, folder: str, weight_map: dict[str, str]):
-  files = sorted(set(weight_map.values()))
-  headers = tuple(st.read_header(os.path.join(folder, f)) for f in files)
-  listed: dict[str, set[str]] = {f: set() for f in files}
-  for name, f in weight_map.items():
-    listed[f].add(name)
-  for f, h in zip(files, headers):
-    if set(h.names) != listed[f]:
-      extra = sorted(set(h.names) ^ listed[f])
-      raise CheckpointError(f"{index_path}: the weight_map and {f} disagree about "
-                            f"{len(extra)} tensor names ({extra[0]}, ...)")
-  return headers
-
-
-def _checked(ckpt: Checkpoint) -> Checkpoint:
-  seen: dict[str, str] = {}
-  for h in ckpt.headers:
-    for name in h.names:
-      if name in seen:
-        raise CheckpointError(f"tensor {name!r} is in both {seen[name]} and {h.path}")
-      seen[name] = h.path
-  return ckpt
-
-
-# --- the output --------------------------------------------------------------
-
-def _same_or_inside(a: str, b: str) -> bool:
-  """Whether path a is b or lies inside b."""
-  a, b = os.path.realpath(a), os.path.realpath(b)
-  return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
-
-
-def _same_path(a: str, b: str) -> bool:
-  return os.path.realpath(a) == os.path.realpath(b)
-
-
-class _Output:
-  """Where the output goes, staged so that OUT appears only when complete.
-
-  A single-file output is written to a temporary file beside OUT (by
-  `st.Writer`) and renamed; a folder output is built in a temporary folder
-  beside OUT and renamed. An existing OUT is replaced only with `force`,
-  and then only after the new one is complete.
-  """
-
-  def __init__(self, ckpt: Checkpoint, out: str, force: bool):
-    self.out = out
-    self.is_dir = ckpt.kind != "file"
-    sources = [h.path for h in ckpt.headers] + [ckpt.path]
-    inside = _same_or_inside if ckpt.kind == "folder" else _same_path
-    if any(_same_or_inside(s, out) for s in sources) or (self.is_dir and inside(out, ckpt.folder)):
-      raise CheckpointError(f"OUT {out} is IN {ckpt.path} (or holds it); choose another OUT")
-    if os.path.lexists(out):
-      if not force:
-        raise CheckpointError(f"{out} exists; pass --force to replace it")
-      if self.is_dir != os.path.isdir(out):
-        raise CheckpointError(f"{out} exists and is {'not ' if self.is_dir else ''}a folder; "
-                              "remove it first")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-      raise CheckpointError(f"{parent}: no such folder for OUT")
-    self._parent = parent
-    self._stage: str | None = None
-
-  def __enter__(self) -> Self:
-    if self.is_dir:
-      self._stage = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out)}.", suffix=".tmp",
-                                     dir=self._parent)
-    return self
-
-  def path(self, name: str) -> str:
-    """Where to write the output file `name` (a folder output) or OUT itself."""
-    return os.path.join(self._stage, name) if self.is_dir else self.out
-
-  def __exit__(self, exc_type, exc, tb) -> None:
-    if not self.is_dir:
-      return
-    if exc_type is not None:
-      shutil.rmtree(self._stage, ignore_errors=True)
-      return
-    old = None
-    if os.path.lexists(self.out):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out)}.", suffix=".old",
-                             dir=self._parent)
-      os.rename(self.out, os.path.join(old, "x"))
-    os.rename(self._stage, self.out)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json(path: str, value: Any) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2)
-    f.write("\n")
-
-
-def _copy_others(ckpt: Checkpoint, output: _Output, skip: set[str]) -> None:
-  """Copies a folder's other files (tokenizer, generation config, ...) unchanged."""
-  for name in sorted(os.listdir(ckpt.folder)):
-    if name in skip:
-      continue
-    src = os.path.join(ckpt.folder, name)
-    if os.path.isdir(src):
-      shutil.copytree(src, output.path(name), symlinks=True)
-    else:
-      shutil.copy2(src, output.path(name))
-
-
-# --- reports -----------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class TensorReport:
-  """What happened to one tensor.
-
-  Attributes:
-    name: the tensor's name.
-    dtype: its dtype tag in the input.
-    shape: its shape.
-    action: "quantized ...", "dequantized ..." or "kept (why)".
-    bytes_in: its bytes in the input.
-    bytes_out: its bytes in the output (codes plus scale when quantized).
-    sqnr_db: the SQNR of the round trip, for quantized tensors, else None.
-  """
-
-  name: str
-  dtype: str
-  shape: tuple[int, ...]
-  action: str
-  bytes_in: int
-  bytes_out: int
-  sqnr_db: float | None = None
-
-  def line(self) -> str:
-    sqnr = "" if self.sqnr_db is None else f"  SQNR {self.sqnr_db:6.2f} dB"
-    shape = "[" + ", ".join(map(str, self.shape)) + "]"
-    return (f"{self.name}  {self.dtype} {shape}  {self.action}  "
-            f"{_human(self.bytes_in)} -> {_human(self.bytes_out)}{sqnr}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Summary:
-  """The whole run: per-tensor reports, file sizes and time."""
-
-  tensors: tuple[TensorReport, ...]
-  bytes_before: int
-  bytes_after: int
-  seconds: float
+class _Conversion(Protocol):
   verb: str
 
-  @property
-  def changed(self) -> list[TensorReport]:
-    return [t for t in self.tensors if not t.action.startswith("kept")]
+  def outputs(self, t: TensorInfo) -> list[st.Entry]:
+    """The output tensors `t` becomes (none for a tensor written with another)."""
 
-  @property
-  def worst_sqnr_db(self) -> float | None:
-    values = [t.sqnr_db for t in self.tensors if t.sqnr_db is not None]
-    return min(values) if values else None
+  def metadata(self, h: Header) -> dict[str, str]:
+    """The output file's metadata."""
 
-  def line(self) -> str:
-    n, k = len(self.changed), len(self.tensors) - len(self.changed)
-    worst = self.worst_sqnr_db
-    worst_s = "" if worst is None else f", worst SQNR {worst:.2f} dB"
-    ratio = self.bytes_after / self.bytes_before if self.bytes_before else 1.0
-    return (f"{self.verb} {n} tensors, kept {k}; {_human(self.bytes_before)} -> "
-            f"{_human(self.bytes_after)} ({ratio:.1%} of the input){worst_s}; "
-            f"{self.seconds:.1f} s")
+  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer) -> TensorReport | None:
+    """Reads `t` from `f` and writes its outputs; None for a tensor written with another."""
+
+  def config(self, config: dict[str, Any]) -> dict[str, Any]:
+    """What a model folder's `config.json` becomes."""
 
 
-def _human(n: int) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB"):
-    if abs(n) < 1024 or unit == "GiB":
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-    n /= 1024
-  return f"{n:.1f} TiB"
+def _convert(ckpt: Checkpoint, out: str, force: bool, conversion: _Conversion,
+             progress: Progress | None, start: float) -> Summary:
+  """Writes every output file of `ckpt`, then the side files, into a staged `out`."""
+  reports: list[TensorReport] = []
+  weight_map: dict[str, str] = {}
+  total = sizes = 0
+  with staged_output(ckpt, out, force) as path:
+    for h in ckpt.headers:
+      shard = os.path.basename(h.path)
+      entries = [e for t in h.tensors for e in conversion.outputs(t)]
+      sizes += _write_file(h, path(shard), entries, conversion, reports, progress)
+      weight_map.update(dict.fromkeys([e.name for e in entries], shard))
+      total += sum(e.nbytes for e in entries)
+    if ckpt.kind != "file":
+      _write_side_files(ckpt, path, weight_map, total, conversion.config)
+  return Summary(tuple(reports), ckpt.nbytes, sizes, time.perf_counter() - start,
+                 conversion.verb)
+
+
+def _write_file(h: Header, path: str, entries: list[st.Entry], conversion: _Conversion,
+                reports: list[TensorReport], progress: Progress | None) -> int:
+  """Writes `path` tensor by tensor from `h`; returns its size.
+
+  On any error the partial file is removed.
+  """
+  writer = st.Writer(path, entries, conversion.metadata(h))
+  try:
+    with open(h.path, "rb") as f:
+      for t in h.tensors:
+        report = conversion.convert(f, t, writer)
+        if report is not None:
+          reports.append(report)
+        if progress is not None:
+          progress(t.name, t.nbytes)
+  except BaseException:
+    writer.abort()
+    raise
+  writer.close()
+  return os.path.getsize(path)
+
+
+def _write_side_files(ckpt: Checkpoint, path: Callable[[str], str], weight_map: dict[str, str],
+                      total: int, config: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+  """The index (names to shards, total tensor bytes) and, for a folder, its other files
+  copied and its `config.json` as `config` makes it."""
+  if ckpt.index_name is not None:
+    index = dict(ckpt.index or {})
+    index["metadata"] = dict(index.get("metadata") or {}, total_size=total)
+    index["weight_map"] = dict(sorted(weight_map.items()))
+    write_json(path(ckpt.index_name), index)
+  if ckpt.kind == "folder":
+    written = {os.path.basename(h.path) for h in ckpt.headers} | {ckpt.index_name, CONFIG}
+    copy_others(ckpt, path, written)
+    if ckpt.config is not None:
+      write_json(path(CONFIG), config(ckpt.config))
 
 
 # --- quantize ----------------------------------------------------------------
-
-def _tensor_key(seed: int, name: str) -> jax.Array:
-  """The stochastic-rounding key of one tensor: the seed folded with its name's CRC-32."""
-  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode("utf-8")))
-
 
 def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
                         selection: Selection | None = None, rounding: str = "nearest",
@@ -391,121 +152,122 @@ def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
     The `Summary`.
 
   Raises:
-    CheckpointError: bad input; nothing is written.
+    CheckpointError: bad input or arguments (its `param` names the
+      argument); nothing is written.
 
   Example:
-    >>> quantize_checkpoint("model.safetensors", "model-fp8.safetensors",
-    ...                     WeightLayout.parse("e4m3fn", "channel")).line()
-    'quantized 28 tensors, kept 37; ...'
+    >>> import os, shutil, tempfile
+    >>> from fp8jax.checkpoint.safetensors_io import write_file
+    >>> folder = tempfile.mkdtemp()
+    >>> src = os.path.join(folder, "model.safetensors")
+    >>> write_file(src, {"layer.weight": np.ones((4, 8), np.float32),
+    ...                  "layer.bias": np.zeros(4, np.float32)})
+    >>> summary = quantize_checkpoint(src, os.path.join(folder, "model-fp8.safetensors"),
+    ...                               WeightLayout.parse("e4m3fn", "axis"))
+    >>> [t.action for t in summary.tensors]
+    ['quantized e4m3fn axis', 'kept (1-D)']
+    >>> shutil.rmtree(folder)
   """
   start = time.perf_counter()
-  if rounding not in ("nearest", "stochastic"):
-    raise CheckpointError(f"--rounding must be nearest or stochastic (got {rounding!r})")
+  if rounding not in ROUNDINGS:
+    raise CheckpointError(f"rounding must be nearest or stochastic (got {rounding!r})",
+                          param="rounding")
   if (rounding == "stochastic") != (seed is not None):
-    raise CheckpointError("--rounding stochastic needs --seed N, and --seed applies only to it")
+    raise CheckpointError("seed is needed for stochastic rounding, and applies only to it",
+                          param="seed")
   ckpt = open_checkpoint(src)
-  if ckpt.quant_info() is not None:
+  if QuantMetadata.merged(ckpt.headers) is not None:
     raise CheckpointError(f"{src} is already quantized by fp8jax; dequantize it first")
   if ckpt.config is not None and "quantization_config" in ckpt.config:
     raise CheckpointError(f"{src}: config.json already has a quantization_config")
-  selection = selection or Selection()
+  conversion = _plan_quantize(ckpt, layout, selection or Selection(), rounding, seed)
+  return _convert(ckpt, out, force, conversion, progress, start)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Quantize:
+  """Quantizes the planned weights, each with its scale beside it; copies the rest.
+
+  Attributes:
+    layout: how the weights are stored.
+    scales: each weight to quantize and its scale's name.
+    kept: each other tensor and why it is kept.
+    rounding, seed: as `quantize_checkpoint` takes them.
+    ignored: the float weights with 2 or more dimensions left as they are.
+  """
+
+  layout: WeightLayout
+  scales: dict[str, str]
+  kept: dict[str, str]
+  rounding: str
+  seed: int | None
+  ignored: list[str]
+  verb: ClassVar[str] = "quantized"
+
+  def outputs(self, t: TensorInfo) -> list[st.Entry]:
+    scale = self.scales.get(t.name)
+    if scale is None:
+      return [st.Entry(t.name, t.dtype, t.shape)]
+    return [st.Entry(t.name, self.layout.bits_dtype, t.shape),
+            st.Entry(scale, self.layout.scale_dtype, self.layout.scale_shape(t.shape))]
+
+  def metadata(self, h: Header) -> dict[str, str]:
+    meta = QuantMetadata(self.layout, {t.name: QuantizedTensor(t.dtype, self.scales[t.name])
+                                       for t in h.tensors if t.name in self.scales})
+    return dict(h.metadata, **{KEY: meta.dump()})  # the input's own metadata is kept
+
+  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer) -> TensorReport:
+    if t.name in self.scales:
+      return quantize_tensor(f, t, writer, self.layout, self.scales[t.name], self.rounding,
+                             self.seed)
+    writer.copy(t.name, f, t)
+    return TensorReport(t.name, t.dtype, t.shape, self.kept[t.name], t.nbytes, t.nbytes)
+
+  def config(self, config: dict[str, Any]) -> dict[str, Any]:
+    qc = hf_config.quantization_config(self.layout, self.ignored)
+    return dict(config, quantization_config=qc)
+
+
+def _plan_quantize(ckpt: Checkpoint, layout: WeightLayout, selection: Selection, rounding: str,
+                   seed: int | None) -> _Quantize:
+  """Decides what becomes of each tensor, checking everything that can be checked before writing."""
   all_names = {t.name for t in ckpt.tensors}
   selection.check_globs(sorted(all_names))
-  plan, reasons = _plan_quantize(ckpt, layout, selection, all_names)
-  output = _Output(ckpt, out, force)
-  reports: list[TensorReport] = []
-  sizes = 0
-  with output:
-    for h in ckpt.headers:
-      name = os.path.basename(h.path)
-      sizes += _quantize_file(h, output.path(name), layout, plan, reasons, rounding, seed,
-                              reports, progress)
-    if ckpt.kind != "file":
-      _write_side_files(ckpt, output, layout, plan, reports)
-  return Summary(tuple(reports), ckpt.nbytes, sizes, time.perf_counter() - start, "quantized")
-
-
-def _plan_quantize(ckpt: Checkpoint, layout: WeightLayout, selection: Selection,
-                   all_names: set[str]) -> tuple[dict[str, str], dict[str, str]]:
-  """Maps each tensor to quantize to its scale's name, and each other one to why it is kept.
-
-  Checks everything that can be checked before writing.
-  """
-  plan: dict[str, str] = {}
-  reasons: dict[str, str] = {}
+  scales: dict[str, str] = {}
+  kept: dict[str, str] = {}
   for t in ckpt.tensors:
     reason = selection.reason(t)
     if not reason.startswith("quantized"):
-      reasons[t.name] = reason
+      kept[t.name] = reason
       continue
     if t.dtype not in st.FLOAT_TAGS:
       raise CheckpointError(f"tensor {t.name!r} has unsupported dtype {t.dtype} (fp8jax "
-                            "quantizes BF16, F16 and F32); --exclude it to keep it as it is")
+                            "quantizes BF16, F16 and F32); exclude it to keep it as it is")
     if math.prod(t.shape) == 0:
-      reasons[t.name] = "kept (empty)"
+      kept[t.name] = "kept (empty)"
       continue
     if len(t.shape) < layout.min_ndim:
-      raise CheckpointError(f"tensor {t.name!r} of shape {list(t.shape)} is too small for "
-                            f"--scaling {layout.scaling}")
+      raise CheckpointError(f"scaling {layout.scaling} needs weights of {layout.min_ndim} or "
+                            f"more dimensions (tensor {t.name!r} has shape {list(t.shape)})",
+                            param="scaling")
     scale = t.name + layout.scale_suffix
-    if scale in all_names or scale in plan.values():
+    if scale in all_names or scale in scales.values():
       raise CheckpointError(f"tensor {t.name!r}: its scale's name {scale!r} is taken")
-    plan[t.name] = scale
-  return plan, reasons
+    scales[t.name] = scale
+  # Named in quantization_config, so that loaders keep these in high precision.
+  ignored = [t.name for t in ckpt.tensors if t.name not in scales
+             and t.dtype in st.FLOAT_TAGS and len(t.shape) >= 2]
+  return _Quantize(layout, scales, kept, rounding, seed, ignored)
 
 
-def _quantize_file(h: Header, path: str, layout: WeightLayout, plan: dict[str, str],
-                   reasons: dict[str, str], rounding: str, seed: int | None,
-                   reports: list[TensorReport], progress: Progress | None) -> int:
-  entries, tensors_meta = [], {}
-  for t in h.tensors:
-    if t.name in plan:
-      entries.append(st.Entry(t.name, layout.bits_dtype, t.shape))
-      entries.append(st.Entry(plan[t.name], layout.scale_dtype, layout.scale_shape(t.shape)))
-      tensors_meta[t.name] = {"dtype": t.dtype, "scale": plan[t.name]}
-    else:
-      entries.append(st.Entry(t.name, t.dtype, t.shape))
-  info = {"version": METADATA_VERSION, "format": layout.fmt.name, "scaling": layout.scaling,
-          "bits_dtype": layout.bits_dtype, "scale_dtype": layout.scale_dtype,
-          "tensors": tensors_meta}
-  metadata = dict(h.metadata, **{METADATA_KEY: json.dumps(info, sort_keys=True)})
-
-  def one(f, t: TensorInfo, writer: st.Writer) -> TensorReport:
-    if t.name in plan:
-      return _quantize_one(f, t, writer, layout, plan[t.name], rounding, seed)
-    writer.copy(t.name, f, t)
-    return TensorReport(t.name, t.dtype, t.shape, reasons[t.name], t.nbytes, t.nbytes)
-
-  return _stream(h, path, entries, metadata, one, reports, progress)
+def _tensor_key(seed: int, name: str) -> jax.Array:
+  """The stochastic-rounding key of one tensor: the seed folded with its name's CRC-32."""
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode("utf-8")))
 
 
-def _stream(h: Header, path: str, entries: list[st.Entry], metadata: dict[str, str],
-            one: Callable[[Any, TensorInfo, st.Writer], TensorReport | None],
-            reports: list[TensorReport], progress: Progress | None) -> int:
-  """Writes `path` tensor by tensor, `one` handling each tensor of `h`.
-
-  `one` writes what the tensor becomes and returns its report (None for a
-  tensor written with another). On any error the partial file is removed.
-  Returns the size of the written file.
-  """
-  writer = st.Writer(path, entries, metadata)
-  try:
-    with open(h.path, "rb") as f:
-      for t in h.tensors:
-        report = one(f, t, writer)
-        if report is not None:
-          reports.append(report)
-        if progress is not None:
-          progress(t.name, t.nbytes)
-  except BaseException:
-    writer.abort()
-    raise
-  writer.close()
-  return os.path.getsize(path)
-
-
-def _quantize_one(f, t: TensorInfo, writer: st.Writer, layout: WeightLayout, scale_name: str,
-                  rounding: str, seed: int | None) -> TensorReport:
+def quantize_tensor(f: BinaryIO, t: TensorInfo, writer: st.Writer, layout: WeightLayout,
+                    scale_name: str, rounding: str, seed: int | None) -> TensorReport:
+  """Reads one weight, writes its codes and its scale (named `scale_name`), reports the SQNR."""
   x = jnp.asarray(st.read_tensor(f, t))
   key = _tensor_key(seed, t.name) if rounding == "stochastic" else None
   q = layout.quantize(x, rounding=rounding, key=key)
@@ -513,36 +275,8 @@ def _quantize_one(f, t: TensorInfo, writer: st.Writer, layout: WeightLayout, sca
   writer.write(t.name, bits)
   writer.write(scale_name, scale)
   sqnr = stats.sqnr_db(x, dequantize(q, jnp.float32))
-  action = f"quantized {layout.describe()}"
-  return TensorReport(t.name, t.dtype, t.shape, action, t.nbytes, bits.nbytes + scale.nbytes,
-                      sqnr)
-
-
-def _write_side_files(ckpt: Checkpoint, output: _Output, layout: WeightLayout,
-                      plan: dict[str, str], reports: list[TensorReport]) -> None:
-  """The index and, for folders, the other files and the updated config.json."""
-  if ckpt.index_name is not None:
-    weight_map, total = {}, 0
-    for h in ckpt.headers:
-      shard = os.path.basename(h.path)
-      for t in h.tensors:
-        weight_map[t.name] = shard
-        if t.name in plan:
-          weight_map[plan[t.name]] = shard
-    total = sum(r.bytes_out for r in reports)
-    index = dict(ckpt.index or {})
-    index["metadata"] = dict(index.get("metadata") or {}, total_size=total)
-    index["weight_map"] = dict(sorted(weight_map.items()))
-    _write_json(output.path(ckpt.index_name), index)
-  if ckpt.kind == "folder":
-    written = {os.path.basename(h.path) for h in ckpt.headers} | {ckpt.index_name, CONFIG}
-    _copy_others(ckpt, output, written)
-    if ckpt.config is not None:
-      ignored = [r.name for r in reports if r.name not in plan and r.dtype in st.FLOAT_TAGS
-                 and len(r.shape) >= 2]
-      config = dict(ckpt.config,
-                    quantization_config=hf_config.quantization_config(layout, ignored))
-      _write_json(output.path(CONFIG), config)
+  return TensorReport(t.name, t.dtype, t.shape, f"quantized {layout.describe()}", t.nbytes,
+                      bits.nbytes + scale.nbytes, sqnr)
 
 
 # --- dequantize --------------------------------------------------------------
@@ -565,95 +299,93 @@ def dequantize_checkpoint(src: str, out: str, *, dtype: str | None = None, force
     and `config.json` loses its `quantization_config`.
 
   Raises:
-    CheckpointError: bad input, or a checkpoint without fp8jax metadata.
+    CheckpointError: bad input or arguments, or a checkpoint without fp8jax metadata.
+
+  Example:
+    >>> import os, shutil, tempfile
+    >>> from fp8jax.checkpoint.safetensors_io import write_file
+    >>> folder = tempfile.mkdtemp()
+    >>> src, q, back = (os.path.join(folder, n) for n in ("a.safetensors", "q.safetensors",
+    ...                                                   "back.safetensors"))
+    >>> write_file(src, {"w": np.full((2, 4), 0.3, np.float32)})
+    >>> _ = quantize_checkpoint(src, q, WeightLayout.parse("e4m3fn", "tensor"))
+    >>> dequantize_checkpoint(q, back, dtype="bf16").tensors[0].action
+    'dequantized to BF16'
+    >>> shutil.rmtree(folder)
   """
   start = time.perf_counter()
-  if dtype is not None and dtype not in _DTYPE_NAMES:
-    raise CheckpointError(f"--dtype must be bf16, f16 or f32 (got {dtype!r})")
+  if dtype is not None and dtype not in DTYPE_TAGS:
+    raise CheckpointError(f"dtype must be bf16, f16 or f32 (got {dtype!r})", param="dtype")
   ckpt = open_checkpoint(src)
-  info = ckpt.quant_info()
-  if info is None:
-    raise CheckpointError(f"{src} has no {METADATA_KEY} metadata: it was not quantized by "
-                          "fp8jax (dequantize reads only checkpoints fp8jax wrote)")
-  layout = WeightLayout.parse(info["format"], info["scaling"])
-  output = _Output(ckpt, out, force)
-  reports: list[TensorReport] = []
-  sizes = 0
-  with output:
-    for h in ckpt.headers:
-      name = os.path.basename(h.path)
-      sizes += _dequantize_file(h, output.path(name), layout, dtype, reports, progress)
-    if ckpt.kind != "file":
-      _write_plain_side_files(ckpt, output, reports)
-  return Summary(tuple(reports), ckpt.nbytes, sizes, time.perf_counter() - start, "dequantized")
+  conversion = _plan_dequantize(ckpt, dtype)
+  return _convert(ckpt, out, force, conversion, progress, start)
 
 
-def _dequantize_file(h: Header, path: str, layout: WeightLayout, dtype: str | None,
-                     reports: list[TensorReport], progress: Progress | None) -> int:
-  raw = h.metadata.get(METADATA_KEY)
-  tensors = _parse_quant_info(h.path, raw)["tensors"] if raw is not None else {}
-  by_name = {t.name: t for t in h.tensors}
-  scales = {}
-  for name, entry in tensors.items():
-    weight, scale = by_name.get(name), by_name.get(entry["scale"])
-    if weight is None or scale is None:
-      raise CheckpointError(f"{h.path}: the metadata lists {name!r} with scale "
-                            f"{entry['scale']!r}, but the file lacks one of them")
-    if weight.dtype != layout.bits_dtype or scale.dtype != layout.scale_dtype or (
-        scale.shape != layout.scale_shape(weight.shape)):
-      raise CheckpointError(f"{h.path}: {name!r} is {weight.dtype} with a {scale.dtype} "
-                            f"{list(scale.shape)} scale, not the {layout.describe()} layout")
-    scales[entry["scale"]] = name
-  target = {name: _DTYPE_NAMES[dtype] if dtype else entry["dtype"]
-            for name, entry in tensors.items()}
-  entries = [st.Entry(t.name, target.get(t.name, t.dtype), t.shape)
-             for t in h.tensors if t.name not in scales]
-  metadata = {k: v for k, v in h.metadata.items() if k != METADATA_KEY}
+@dataclasses.dataclass(frozen=True)
+class _Dequantize:
+  """Dequantizes each listed weight with its scale; drops the scales; copies the rest.
 
-  def one(f, t: TensorInfo, writer: st.Writer) -> TensorReport | None:
-    if t.name in scales:
+  Attributes:
+    layout: how the weights are stored.
+    weights: each quantized weight, its metadata entry and its scale's header entry.
+    targets: each quantized weight's output dtype tag.
+    scales: the names of the scale tensors.
+  """
+
+  layout: WeightLayout
+  weights: dict[str, tuple[QuantizedTensor, TensorInfo]]
+  targets: dict[str, str]
+  scales: frozenset[str]
+  verb: ClassVar[str] = "dequantized"
+
+  def outputs(self, t: TensorInfo) -> list[st.Entry]:
+    if t.name in self.scales:
+      return []
+    return [st.Entry(t.name, self.targets.get(t.name, t.dtype), t.shape)]
+
+  def metadata(self, h: Header) -> dict[str, str]:
+    return {k: v for k, v in h.metadata.items() if k != KEY}
+
+  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer) -> TensorReport | None:
+    if t.name in self.scales:
       return None  # read with its weight
-    if t.name not in tensors:
+    if t.name not in self.weights:
       writer.copy(t.name, f, t)
       return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
-    bits = st.read_tensor(f, t)
-    scale_info = by_name[tensors[t.name]["scale"]]
-    scale = st.read_tensor(f, scale_info)
-    src_dtype = st.DTYPES[tensors[t.name]["dtype"]]
-    q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale), src_dtype)
-    values = np.asarray(dequantize(q, st.DTYPES[target[t.name]]))
-    writer.write(t.name, values)
-    return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target[t.name]}",
-                        t.nbytes + scale_info.nbytes, values.nbytes)
+    entry, scale = self.weights[t.name]
+    return dequantize_tensor(f, t, scale, writer, self.layout, entry.dtype, self.targets[t.name])
 
-  return _stream(h, path, entries, metadata, one, reports, progress)
+  def config(self, config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "quantization_config"}
 
 
-def _write_plain_side_files(ckpt: Checkpoint, output: _Output,
-                            reports: list[TensorReport]) -> None:
-  if ckpt.index_name is not None:
-    weight_map = {}
-    for h in ckpt.headers:
-      raw = h.metadata.get(METADATA_KEY)
-      scale_names = set()
-      if raw is not None:
-        scale_names = {e["scale"] for e in _parse_quant_info(h.path, raw)["tensors"].values()}
-      for t in h.tensors:
-        if t.name not in scale_names:
-          weight_map[t.name] = os.path.basename(h.path)
-    index = dict(ckpt.index or {})
-    index["metadata"] = dict(index.get("metadata") or {},
-                             total_size=sum(r.bytes_out for r in reports))
-    index["weight_map"] = dict(sorted(weight_map.items()))
-    _write_json(output.path(ckpt.index_name), index)
-  if ckpt.kind == "folder":
-    written = {os.path.basename(h.path) for h in ckpt.headers} | {ckpt.index_name, CONFIG}
-    _copy_others(ckpt, output, written)
-    if ckpt.config is not None:
-      config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
-      _write_json(output.path(CONFIG), config)
+def _plan_dequantize(ckpt: Checkpoint, dtype: str | None) -> _Dequantize:
+  """Reads every file's metadata and checks it against the file before writing."""
+  meta = QuantMetadata.merged(ckpt.headers)
+  if meta is None:
+    raise CheckpointError(f"{ckpt.path} has no {KEY} metadata: it was not quantized by "
+                          "fp8jax (dequantize reads only checkpoints fp8jax wrote)")
+  weights: dict[str, tuple[QuantizedTensor, TensorInfo]] = {}
+  for h in ckpt.headers:
+    file_meta = QuantMetadata.of(h)
+    if file_meta is None:
+      continue
+    file_meta.check(h)
+    by_name = {t.name: t for t in h.tensors}
+    for name, entry in file_meta.tensors.items():
+      weights[name] = (entry, by_name[entry.scale])
+  targets = {name: DTYPE_TAGS[dtype] if dtype else entry.dtype
+             for name, (entry, _) in weights.items()}
+  scales = frozenset(entry.scale for entry, _ in weights.values())
+  return _Dequantize(meta.layout, weights, targets, scales)
 
 
-def shard_names(n: int, stem: str = "model") -> Sequence[str]:
-  """Hugging Face shard file names: `model-00001-of-00002.safetensors`, ..."""
-  return [f"{stem}-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+def dequantize_tensor(f: BinaryIO, t: TensorInfo, scale: TensorInfo, writer: st.Writer,
+                      layout: WeightLayout, dtype: str, target: str) -> TensorReport:
+  """Reads one quantized weight (original dtype tag `dtype`) and its scale; writes it as `target`."""
+  bits, scale_values = st.read_tensor(f, t), st.read_tensor(f, scale)
+  q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale_values), st.DTYPES[dtype])
+  values = np.asarray(dequantize(q, st.DTYPES[target]))
+  writer.write(t.name, values)
+  return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target}",
+                      t.nbytes + scale.nbytes, values.nbytes)

@@ -9,32 +9,39 @@ each tensor is aligned to its item size), then puts each tensor's bytes at
 its offset as it comes, so memory holds one tensor at a time. The
 header is validated strictly, so a truncated or corrupt file is one clear
 `CheckpointError` rather than a crash deep inside.
+
+Why not the `safetensors` library (0.8.0): its NumPy and Flax frontends
+cannot read F8 tensors at all (`safe_open(framework="np")` fails on them:
+NumPy has no float8 dtypes), only the torch one can, and fp8jax does not
+need torch; and its writers (`save_file`) take every tensor of a file at
+once, in memory, where this writer takes one at a time, so a checkpoint
+larger than memory converts in the memory of its largest tensor.
+`tests/test_checkpoint_safetensors_io.py` fails once the NumPy frontend
+reads F8, so that the reader can be replaced by the library's then.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 import dataclasses
 import json
 import math
 import os
 import struct
-import tempfile
-from collections.abc import Iterable, Sequence
 from typing import Any, BinaryIO, Self
 
-import ml_dtypes
 import numpy as np
+
+from fp8jax.checkpoint.errors import CheckpointError
+from fp8jax.checkpoint.files import AtomicFile
+from fp8jax.core.formats import EXTERNAL_NAMES
+from fp8jax.core.layout import FLOATS
 
 _HEADER_LEN_BYTES = 8
 _MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit
 _ALIGN = 8
 _COPY_CHUNK = 16 * 2**20
 METADATA_KEY = "__metadata__"
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be read or written as asked; the message says why."""
-
 
 # dtype tag -> the NumPy dtype its bytes are read as. Float8 tags are read as
 # their uint8 codes, which is what fp8jax computes with.
@@ -48,22 +55,15 @@ DTYPES: dict[str, np.dtype] = {
     "I32": np.dtype(np.int32),
     "U64": np.dtype(np.uint64),
     "I64": np.dtype(np.int64),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F32": np.dtype(np.float32),
+    **{f.safetensors: f.dtype for f in FLOATS},
     "F64": np.dtype(np.float64),
     "C64": np.dtype(np.complex64),
-    "F8_E4M3": np.dtype(np.uint8),
-    "F8_E5M2": np.dtype(np.uint8),
-    "F8_E4M3FNUZ": np.dtype(np.uint8),
-    "F8_E5M2FNUZ": np.dtype(np.uint8),
-    "F8_E8M0": np.dtype(np.uint8),
+    **{n.safetensors: np.dtype(np.uint8) for n in EXTERNAL_NAMES.values() if n.safetensors},
 }
-FLOAT_TAGS = ("BF16", "F16", "F32")
-"""The dtypes fp8jax quantizes."""
+FLOAT_TAGS = tuple(f.safetensors for f in FLOATS)
+"""The dtypes fp8jax quantizes: BF16, F16 and F32."""
 
-_TAG_OF = {np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float16): "F16",
-           np.dtype(np.float32): "F32"}
+_TAG_OF = {f.dtype: f.safetensors for f in FLOATS}
 
 
 def tag_of(dtype: Any) -> str:
@@ -127,8 +127,13 @@ def read_header(path: str) -> Header:
       past the end of the file.
 
   Example:
-    >>> [t.name for t in read_header("model.safetensors").tensors]
-    ['lm_head.weight', 'model.embed_tokens.weight', ...]
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+    >>> write_file(path, {"w": np.ones((2, 3), np.float32)}, {"format": "pt"})
+    >>> header = read_header(path)
+    >>> header.tensors[0], header.metadata
+    (TensorInfo(name='w', dtype='F32', shape=(2, 3), start=96, end=120), {'format': 'pt'})
+    >>> os.remove(path); os.rmdir(os.path.dirname(path))
   """
   if not os.path.exists(path):
     raise _fail(path, "no such file")
@@ -274,14 +279,19 @@ class Writer:
   The layout (header and offsets) is fixed up front, tensors aligned as
   `aligned_order` lays them out; `write` and `copy` then put each tensor's
   bytes at its offset, in any order, so memory holds one tensor at a time.
-  The bytes go to a temporary file beside `path`, which is renamed to `path`
-  only when every tensor has been written and `close()` is called; on any
-  error (or `abort()`) the temporary file is removed and `path` is left as
-  it was.
+  The bytes go to a temporary file beside `path` (`files.AtomicFile`), which
+  is renamed to `path` only when every tensor has been written and `close()`
+  is called; on any error (or `abort()`) the temporary file is removed and
+  `path` is left as it was.
 
   Example:
-    >>> with Writer("out.safetensors", [Entry("w", "F32", (2, 2))], {}) as w:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "out.safetensors")
+    >>> with Writer(path, [Entry("w", "F32", (2, 2))], {}) as w:
     ...   w.write("w", np.ones((2, 2), np.float32))
+    >>> [t.name for t in read_header(path).tensors]
+    ['w']
+    >>> os.remove(path); os.rmdir(os.path.dirname(path))
   """
 
   def __init__(self, path: str, entries: Iterable[Entry], metadata: dict[str, str]):
@@ -296,10 +306,8 @@ class Writer:
       self._slots[e.name] = (e, pos)
       pos += e.nbytes
     self._written: set[str] = set()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                     dir=folder)
-    self._f = os.fdopen(fd, "wb")
+    self._file = AtomicFile(path, "wb")
+    self._f = self._file.file
     try:
       self._f.write(header)
     except BaseException:
@@ -339,22 +347,11 @@ class Writer:
     if missing:
       self.abort()
       raise CheckpointError(f"{self.path}: {len(missing)} tensors not written ({missing[0]}, ...)")
-    try:
-      self._f.flush()
-      os.fsync(self._f.fileno())
-      self._f.close()
-      os.replace(self._tmp, self.path)
-    except BaseException:
-      self.abort()
-      raise
+    self._file.commit()
 
   def abort(self) -> None:
     """Drops the temporary file; `path` is untouched."""
-    try:
-      self._f.close()
-    finally:
-      if os.path.exists(self._tmp):
-        os.unlink(self._tmp)
+    self._file.discard()
 
   def __enter__(self) -> Self:
     return self
@@ -364,3 +361,12 @@ class Writer:
       self.close()
     else:
       self.abort()
+
+
+def write_file(path: str, tensors: dict[str, np.ndarray],
+               metadata: dict[str, str] | None = None) -> None:
+  """Writes bfloat16, float16 and float32 arrays as one safetensors file, atomically."""
+  entries = [Entry(name, tag_of(a.dtype), a.shape) for name, a in tensors.items()]
+  with Writer(path, entries, metadata or {}) as w:
+    for name, a in tensors.items():
+      w.write(name, a)

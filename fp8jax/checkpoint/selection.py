@@ -10,13 +10,16 @@ patterns on the full tensor name (`*` also matches dots).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 import dataclasses
 import fnmatch
-from collections.abc import Iterable
 
-from fp8jax.checkpoint.safetensors_io import CheckpointError, TensorInfo
+from fp8jax.checkpoint.errors import CheckpointError
+from fp8jax.checkpoint.safetensors_io import FLOAT_TAGS, TensorInfo
 
-_FLOAT_TAGS = ("BF16", "F16", "F32", "F64")
+# F64 is selected too, though fp8jax does not quantize it: a float64 weight is
+# then refused with a clear error rather than silently left as it is.
+_SELECTED_TAGS = (*FLOAT_TAGS, "F64")
 _SKIPPED_NAMES = ("embed", "lm_head")
 
 
@@ -40,7 +43,7 @@ class Selection:
     """Why `t` is or is not quantized; starts with "quantized" when it is."""
     if any(fnmatch.fnmatchcase(t.name, g) for g in self.exclude):
       return "kept (--exclude)"
-    if t.dtype not in _FLOAT_TAGS:
+    if t.dtype not in _SELECTED_TAGS:
       return f"kept ({t.dtype})"
     if len(t.shape) < 2:
       return f"kept ({len(t.shape)}-D)"
@@ -56,9 +59,9 @@ class Selection:
     return self.reason(t).startswith("quantized")
 
   def check_globs(self, names: Iterable[str]) -> None:
-    """Raises `CheckpointError` for a glob that matches no tensor name."""
+    """Raises `CheckpointError` (`param` "include" or "exclude") for a glob that matches no name."""
     names = list(names)
-    for flag, globs in (("--include", self.include), ("--exclude", self.exclude)):
+    for param, globs in (("include", self.include), ("exclude", self.exclude)):
       for g in globs:
         if not any(fnmatch.fnmatchcase(n, g) for n in names):
-          raise CheckpointError(f"{flag} {g!r} matches no tensor in the checkpoint")
+          raise CheckpointError(f"{param} {g!r} matches no tensor in the checkpoint", param=param)

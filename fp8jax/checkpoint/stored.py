@@ -25,11 +25,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from fp8jax.checkpoint.safetensors_io import CheckpointError
+from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.core.formats import EXTERNAL_NAMES, FORMATS, Format
 from fp8jax.quant.qarray import QArray
-from fp8jax.quant.quantize import quantize
-from fp8jax.quant.spec import MX, Axis, QuantSpec, Tensor
+from fp8jax.quant.scaled import quantize
+from fp8jax.quant.spec import MX, MX_ELEMENTS, QuantSpec, Tensor
 
 SCALINGS = ("tensor", "axis", "block:B", "block:BxC", "mx")
 """The spellings `--scaling` accepts (B, C positive integers; "channel" is "axis")."""
@@ -61,17 +61,21 @@ class WeightLayout:
 
     Raises:
       CheckpointError: an unknown or unsigned format, an unknown scaling, or
-        `mx` with a format that is not an MX element format; the message
-        names the parameter (`fmt`, `scaling`).
+        `mx` with a format that is not an MX element format; its `param`
+        is "fmt" or "scaling".
     """
     f = FORMATS.get(fmt)
     if f is None or not f.signed:
       names = ", ".join(n for n, v in FORMATS.items() if v.signed)
-      raise CheckpointError(f"fmt must be one of {names} (got {fmt!r})")
+      raise CheckpointError(f"fmt must be one of {names} (got {fmt!r})", param="fmt")
+    if scaling == MX.kind and fmt not in MX_ELEMENTS:
+      # Said here rather than by QuantSpec, whose message is about its own `scaling='mx'`.
+      raise CheckpointError(f"scaling mx needs an MX element format, one of "
+                            f"{', '.join(MX_ELEMENTS)} (got {fmt!r})", param="scaling")
     try:
       return cls(QuantSpec.parse(f, scaling))
-    except ValueError as e:
-      raise CheckpointError(str(e)) from None
+    except ValueError as e:  # the spelling: "scaling must be tensor, axis, ..."
+      raise CheckpointError(str(e), param="scaling") from None
 
   @property
   def fmt(self) -> Format:

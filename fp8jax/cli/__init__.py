@@ -1,6 +1,5 @@
-"""The fp8jax command."""
+"""The fp8jax command: `commands` (arguments, exit status, errors), `progress`, `demo`."""
 
-from fp8jax.cli.main import console
-from fp8jax.cli.main import main
+from fp8jax.cli.commands import console, main
 
 __all__ = ["console", "main"]

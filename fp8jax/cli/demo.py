@@ -9,7 +9,7 @@ shapes and dtypes preserved, every weight equal bit for bit to
 `fp8jax.dequantize(fp8jax.quantize(x))`, every other tensor byte-identical.
 Exit status 0 when the check passes.
 
-`fp8jax demo --tour` (or `python -m fp8jax.demo --tour`) shows instead one
+`fp8jax demo --tour` (or `python -m fp8jax.cli.demo --tour`) shows instead one
 bfloat16 tensor through every named format: codes, values and errors.
 """
 
@@ -26,12 +26,14 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from fp8jax.checkpoint import pipeline as checkpoint
 from fp8jax.checkpoint import safetensors_io as st
-from fp8jax.quant.quantize import dequantize
+from fp8jax.checkpoint.pipeline import dequantize_checkpoint, quantize_checkpoint
+from fp8jax.checkpoint.selection import Selection
+from fp8jax.checkpoint.source import open_checkpoint, shard_names
+from fp8jax.checkpoint.stored import WeightLayout
 from fp8jax.core.codec import decode, encode
 from fp8jax.core.formats import FORMATS, Format
-from fp8jax.checkpoint.stored import WeightLayout
+from fp8jax.quant.scaled import dequantize
 
 EXAMPLE = [0.0, -0.0, 1.0, -1.5, 3.14159, 0.1, 1e-3, -13.7, 300.0, 7e4, float("inf"), float("nan")]
 DEMO_LAYOUT = ("e4m3fn", "block:128x128")
@@ -73,15 +75,6 @@ def example_tensors(layers: int = 4, hidden: int = 256, intermediate: int = 704,
   return out
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray],
-                      metadata: dict[str, str] | None = None) -> None:
-  """Writes bfloat16/float16/float32 arrays as one safetensors file."""
-  entries = [st.Entry(n, st.tag_of(a.dtype), a.shape) for n, a in tensors.items()]
-  with st.Writer(path, entries, metadata or {"format": "pt"}) as w:
-    for n, a in tensors.items():
-      w.write(n, a)
-
-
 def write_example_model(folder: str, shards: int = 2, **sizes: int) -> dict[str, np.ndarray]:
   """Writes `example_tensors(**sizes)` as a model folder: config.json, shards, index.
 
@@ -91,11 +84,11 @@ def write_example_model(folder: str, shards: int = 2, **sizes: int) -> dict[str,
   tensors = example_tensors(**sizes)
   names = list(tensors)
   per = -(-len(names) // shards)
-  files = checkpoint.shard_names(shards)
+  files = shard_names(shards)
   weight_map = {}
   for i, file in enumerate(files):
     part = {n: tensors[n] for n in names[i * per:(i + 1) * per]}
-    write_safetensors(os.path.join(folder, file), part)
+    st.write_file(os.path.join(folder, file), part, {"format": "pt"})  # as torch writes it
     weight_map.update(dict.fromkeys(part, file))
   total = sum(a.nbytes for a in tensors.values())
   index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -117,7 +110,8 @@ def write_example_model(folder: str, shards: int = 2, **sizes: int) -> dict[str,
 def check_round_trip(src: str, dequantized: str, layout: WeightLayout) -> list[str]:
   """Compares a dequantized checkpoint with its source; returns the mismatches (none: OK)."""
   problems = []
-  a, b = checkpoint.open_checkpoint(src), checkpoint.open_checkpoint(dequantized)
+  a, b = open_checkpoint(src), open_checkpoint(dequantized)
+  selection = Selection()
   before = {t.name: (h.path, t) for h in a.headers for t in h.tensors}
   after = {t.name: (h.path, t) for h in b.headers for t in h.tensors}
   if set(before) != set(after):
@@ -129,8 +123,7 @@ def check_round_trip(src: str, dequantized: str, layout: WeightLayout) -> list[s
       continue
     with open(path, "rb") as f, open(path2, "rb") as f2:
       x, y = st.read_tensor(f, t), st.read_tensor(f2, t2)
-    if t.dtype in st.FLOAT_TAGS and len(t.shape) >= 2 and "embed" not in name and (
-        "lm_head" not in name):
+    if selection.selects(t):
       expect = np.asarray(dequantize(layout.quantize(jnp.asarray(x)), x.dtype))
     else:
       expect = x
@@ -152,7 +145,7 @@ def main() -> int:
           f"written in {time.perf_counter() - start:.1f} s to {tmp}{os.sep}model")
     print(f"\n$ fp8jax quantize model model-fp8 --format {DEMO_LAYOUT[0]} "
           f"--scaling {DEMO_LAYOUT[1]} -v")
-    summary = checkpoint.quantize_checkpoint(src, q, layout)
+    summary = quantize_checkpoint(src, q, layout)
     for t in summary.tensors:
       print(t.line())
     print(summary.line())
@@ -162,7 +155,7 @@ def main() -> int:
       qc = json.load(f)["quantization_config"]
     print("config.json quantization_config:", json.dumps(qc))
     print("\n$ fp8jax dequantize model-fp8 model-bf16")
-    print(checkpoint.dequantize_checkpoint(q, back).line())
+    print(dequantize_checkpoint(q, back).line())
     problems = check_round_trip(src, back, layout)
     for p in problems:
       print("MISMATCH", p)

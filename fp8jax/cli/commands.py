@@ -1,34 +1,78 @@
-"""The `fp8jax` command (also `python -m fp8jax`).
+"""The `fp8jax` command (also `python -m fp8jax`): arguments, dispatch, errors, exit status.
 
-    fp8jax quantize IN OUT [--format e4m3fn] [--scaling tensor|channel|block:B|block:BxC|mx]
+    fp8jax quantize IN OUT [--format e4m3fn] [--scaling tensor|axis|block:B|block:BxC|mx]
                            [--rounding nearest|stochastic --seed N] [--include GLOB ...]
-                           [--exclude GLOB ...] [--force] [-v]
-    fp8jax dequantize IN OUT [--dtype bf16|f16|f32] [--force] [-v]
+                           [--exclude GLOB ...] [--force] [-v] [-q]
+    fp8jax dequantize IN OUT [--dtype bf16|f16|f32] [--force] [-v] [-q]
     fp8jax inspect FILE [--format F ...] [--scaling S ...] [--match GLOB ...] [--plot out.png]
     fp8jax formats
-    fp8jax demo
+    fp8jax demo [--tour]
+
+`--scaling channel` is accepted as another name for `axis`, which is how
+older commands and checkpoints spell it.
 
 Exit status: 0 on success, 2 for bad input or arguments (one line on stderr,
 nothing written), 1 when writing fails (disk full, permissions), 130 when
 interrupted. OUT appears only when complete; IN is only read.
+
+The library's errors name its parameters (`rounding must be ...`); `FLAGS`
+turns them into the flags that set them (`--rounding must be ...`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+from collections.abc import Sequence
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
 
-from fp8jax.checkpoint.safetensors_io import CheckpointError
+from fp8jax.checkpoint import inspection
+from fp8jax.checkpoint.errors import CheckpointError
+from fp8jax.checkpoint.pipeline import (
+  DTYPE_TAGS,
+  ROUNDINGS,
+  dequantize_checkpoint,
+  quantize_checkpoint,
+)
+from fp8jax.checkpoint.selection import Selection
+from fp8jax.checkpoint.stored import WeightLayout
+from fp8jax.cli import demo
+from fp8jax.cli.progress import progress_bar
+from fp8jax.core.formats import FORMATS
 
-_PROGRESS_MIN_BYTES = 8 * 2**20
-_PROGRESS_MIN_INTERVAL_S = 0.1
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_FAILED = 1
 EXIT_INTERRUPTED = 130
+
+FLAGS = {
+    "fmt": "--format",
+    "formats": "--format",
+    "scaling": "--scaling",
+    "rounding": "--rounding",
+    "seed": "--seed",
+    "include": "--include",
+    "exclude": "--exclude",
+    "dtype": "--dtype",
+    "match": "--match",
+    "force": "--force",
+}
+"""Each library parameter a `CheckpointError` can name, and the flag that sets it."""
+
+
+def error_message(e: CheckpointError) -> str:
+  """The error's message as the command line says it: the parameter named by its flag.
+
+  Example:
+    >>> error_message(CheckpointError("rounding must be nearest or stochastic (got 'up')",
+    ...                               param="rounding"))
+    "--rounding must be nearest or stochastic (got 'up')"
+  """
+  text = str(e)
+  flag = FLAGS.get(e.param)
+  if flag is None or not text.startswith(e.param):
+    return text
+  return flag + text[len(e.param):]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +88,9 @@ def _parser() -> argparse.ArgumentParser:
   q.add_argument("out", metavar="OUT", help="a file for a single-file IN, else a folder")
   q.add_argument("--format", default="e4m3fn", help="element format (default: e4m3fn)")
   q.add_argument("--scaling", default="tensor",
-                 help="tensor (default), channel, block:B, block:BxC (e.g. block:128x128) or mx")
-  q.add_argument("--rounding", default="nearest", choices=("nearest", "stochastic"))
+                 help="tensor (default), axis (one scale per output channel; also spelled "
+                 "channel), block:B, block:BxC (e.g. block:128x128) or mx")
+  q.add_argument("--rounding", default="nearest", choices=ROUNDINGS)
   q.add_argument("--seed", type=int, default=None, help="seed for --rounding stochastic")
   q.add_argument("--include", action="append", default=[], metavar="GLOB",
                  help="also quantize matching float tensors with >= 2 dims (repeatable)")
@@ -56,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
   d = sub.add_parser("dequantize", help="turn an fp8jax-quantized checkpoint back into a plain one")
   d.add_argument("src", metavar="IN")
   d.add_argument("out", metavar="OUT")
-  d.add_argument("--dtype", choices=("bf16", "f16", "f32"), default=None,
+  d.add_argument("--dtype", choices=tuple(DTYPE_TAGS), default=None,
                  help="dtype of the dequantized weights (default: each weight's original)")
   _common(d)
 
@@ -66,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="formats to try (repeatable; default: e4m3fn and e5m2)")
   i.add_argument("--scaling", dest="scalings", action="append", default=None, metavar="S",
                  help="none (raw cast) or a --scaling spelling (repeatable; default: none, "
-                 "tensor, channel, block:128x128)")
+                 "tensor, axis, block:128x128)")
   i.add_argument("--match", action="append", default=[], metavar="GLOB",
                  help="report (and plot) only matching tensors (repeatable)")
   i.add_argument("--plot", metavar="PNG", default=None,
@@ -86,22 +131,6 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
 
 
-@contextlib.contextmanager
-def _progress(src: str, quiet: bool) -> Iterator:
-  from fp8jax.checkpoint.pipeline import open_checkpoint  # validates IN before any work
-  total = sum(t.nbytes for t in open_checkpoint(src).tensors)
-  if quiet or total < _PROGRESS_MIN_BYTES:
-    yield None
-    return
-  from tqdm import tqdm
-  with tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False,
-            disable=None, mininterval=_PROGRESS_MIN_INTERVAL_S) as bar:
-    def step(name: str, nbytes: int) -> None:
-      bar.set_postfix_str(name[-40:], refresh=False)
-      bar.update(nbytes)
-    yield step
-
-
 def _print_summary(summary, args) -> None:
   if args.verbose:
     for t in summary.tensors:
@@ -111,12 +140,9 @@ def _print_summary(summary, args) -> None:
 
 
 def _quantize(args) -> int:
-  from fp8jax.checkpoint.pipeline import quantize_checkpoint
-  from fp8jax.checkpoint.selection import Selection
-  from fp8jax.checkpoint.stored import WeightLayout
   layout = WeightLayout.parse(args.format, args.scaling)
   selection = Selection(tuple(args.include), tuple(args.exclude))
-  with _progress(args.src, args.quiet) as step:
+  with progress_bar(args.src, args.quiet) as step:
     summary = quantize_checkpoint(args.src, args.out, layout, selection=selection,
                                   rounding=args.rounding, seed=args.seed, force=args.force,
                                   progress=step)
@@ -125,8 +151,7 @@ def _quantize(args) -> int:
 
 
 def _dequantize(args) -> int:
-  from fp8jax.checkpoint.pipeline import dequantize_checkpoint
-  with _progress(args.src, args.quiet) as step:
+  with progress_bar(args.src, args.quiet) as step:
     summary = dequantize_checkpoint(args.src, args.out, dtype=args.dtype, force=args.force,
                                     progress=step)
   _print_summary(summary, args)
@@ -134,7 +159,6 @@ def _dequantize(args) -> int:
 
 
 def _inspect(args) -> int:
-  from fp8jax.checkpoint import inspection
   formats = tuple(args.formats or inspection.DEFAULT_FORMATS)
   scalings = tuple(args.scalings or inspection.DEFAULT_SCALINGS)
   if args.plot:
@@ -151,7 +175,6 @@ def _inspect(args) -> int:
 
 def format_table() -> str:
   """Every named format: bits, bias, max, min normal, min subnormal, eps, specials."""
-  from fp8jax.core.formats import FORMATS
   head = ("name", "bits", "e", "m", "bias", "max", "min normal", "min subnormal", "eps",
           "specials")
   rows = [head]
@@ -160,7 +183,7 @@ def format_table() -> str:
                  _number(f.max), _number(f.min_normal), _number(f.min_subnormal),
                  _number(f.eps), _specials(f)))
   widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
-  return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+  return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _number(v: float) -> str:
@@ -190,7 +213,6 @@ def _formats(args) -> int:
 
 
 def _demo(args) -> int:
-  from fp8jax.cli import demo
   if args.tour:
     demo.tour()
     return 0
@@ -205,15 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status.
 
   Example:
-    >>> main(["formats"])
-    name  bits ...
+    >>> main(["formats"])  # doctest: +ELLIPSIS
+    name         bits  e  m  bias  max    min normal ...
+    e2m1fn       4     2  1  1     6      1           0.5            0.5    none (saturates)
     0
   """
   args = _parser().parse_args(argv)
   try:
     return _COMMANDS[args.command](args)
   except CheckpointError as e:
-    print(f"fp8jax: error: {e}", file=sys.stderr)
+    print(f"fp8jax: error: {error_message(e)}", file=sys.stderr)
     return EXIT_BAD_INPUT
   except BrokenPipeError:
     # The reader went away (`fp8jax inspect ... | head`): stop quietly.
