@@ -14,7 +14,13 @@ import pytest
 
 import fp8jax
 
-assert jax.device_count() == 8, "run with --xla_force_host_platform_device_count=8"
+
+
+@pytest.fixture(autouse=True)
+def _eight_devices():
+  # Checked per test, not at import: doctest collection imports every module.
+  assert jax.device_count() == 8, "run with --xla_force_host_platform_device_count=8"
+
 
 COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
 MESHES = {  # mesh shape -> (axis names, partition specs to try)
