@@ -1,5 +1,8 @@
 """Helpers shared by every benchmark script: result files, timing and medians, the machine.
 
+Only the standard library is imported when the module loads (benchmarks/gpu runs where
+little else is installed); NumPy values are handled if NumPy happens to be imported.
+
 Nothing here imports JAX (or fp8jax, which imports it) when the module loads: passes.py
 and sharded_quantize.py set XLA_FLAGS after importing this and before JAX starts.
 """
@@ -11,14 +14,17 @@ import datetime
 import gc
 import importlib
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import IO, Any
 
-# Where the committed results live (benchmarks/results).
+# The repository root, and where the committed results live (benchmarks/results).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 # The libraries whose versions a result records, in the order it records them.
@@ -58,6 +64,36 @@ def write_json(path: str, obj: Any, indent: int = 2, ensure_ascii: bool = True) 
 def write_text(path: str, text: str) -> None:
   """`text` to `path`, atomically."""
   atomic_write(path, lambda f: f.write(text))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """`data` to `path`, atomically."""
+  atomic_write(path, lambda f: f.write(data), binary=True)
+
+
+def clean(obj: Any) -> Any:
+  """Plain JSON values: NumPy arrays and scalars unwrapped, NaN and inf as None, tuples as
+  lists, keys as text, any other object as its text."""
+  if isinstance(obj, dict):
+    return {str(k): clean(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [clean(v) for v in obj]
+  np = sys.modules.get("numpy")  # no NumPy value exists unless NumPy has been imported
+  if np is not None:
+    if isinstance(obj, np.ndarray):
+      return clean(obj.tolist())
+    if isinstance(obj, np.generic):
+      obj = obj.item()
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if obj is None or isinstance(obj, (bool, int, str)):
+    return obj
+  return str(obj)
+
+
+def to_json(obj: Any, indent: int = 1) -> str:
+  """clean(obj) as strict JSON text (no NaN or Infinity)."""
+  return json.dumps(clean(obj), indent=indent, allow_nan=False)
 
 
 def read_json(path: str, default: Any = None) -> Any:
@@ -140,17 +176,35 @@ def machine() -> dict[str, Any]:
 
 
 def versions(*names: str) -> dict[str, str | None]:
-  """Each library's __version__ (default: LIBRARIES), None where it is not installed.
+  """Each library's __version__ (default: LIBRARIES), None where it is not installed (or
+  fails to import, or has no __version__).
 
   Imports the library if it is not imported yet, so ask for jax only once XLA_FLAGS is set.
   """
   out: dict[str, str | None] = {}
   for name in names or LIBRARIES:
     try:
-      out[name] = importlib.import_module(name).__version__
-    except ImportError:
+      out[name] = getattr(importlib.import_module(name), "__version__", None)
+    except Exception:  # not installed, or a broken install: recorded as missing
       out[name] = None
   return out
+
+
+def git_commit(root: str = ROOT) -> dict[str, Any]:
+  """The checkout's commit and whether it has local changes, when git and .git are there.
+
+  {"commit": sha, "dirty": bool}, or {"commit": None, "reason": why not}.
+  """
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True, timeout=10, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, timeout=10, check=False)
+  except (OSError, subprocess.SubprocessError) as e:
+    return {"commit": None, "reason": str(e)}
+  if head.returncode != 0:
+    return {"commit": None, "reason": head.stderr.strip()[:200]}
+  return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
 def device() -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks import common
 import fp8jax
+from fp8jax.quant.stats import sqnr_db
 
 LAYOUTS = {
     "tensor": {"scaling": "tensor"},
@@ -29,12 +30,6 @@ LAYOUTS = {
     "mx (32, e8m0)": {"scaling": "mx"},
 }
 FORMATS = ["e4m3fn", "e5m2"]
-
-
-def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
-  x = x.astype(np.float64)
-  err = np.sum((x - y.astype(np.float64)) ** 2)
-  return float("inf") if err == 0 else float(10 * np.log10(np.sum(x * x) / err))
 
 
 def main() -> None:
@@ -51,11 +46,10 @@ def main() -> None:
   results = {}
   for dname, arr in data.items():
     x = jnp.asarray(arr, jnp.bfloat16)
-    xs = np.asarray(x, np.float32)
     for fmt in FORMATS:
       for lname, kwargs in LAYOUTS.items():
-        y = np.asarray(fp8jax.dequantize(fp8jax.quantize(x, fmt, **kwargs), jnp.float32))
-        results[f"{dname} | {fmt} | {lname}"] = sqnr_db(xs, y)
+        y = fp8jax.dequantize(fp8jax.quantize(x, fmt, **kwargs), jnp.float32)
+        results[f"{dname} | {fmt} | {lname}"] = sqnr_db(x, y)
   head = "| data | format | " + " | ".join(LAYOUTS) + " |"
   rows = [head, "|" + " --- |" * (len(LAYOUTS) + 2)]
   for dname in data:

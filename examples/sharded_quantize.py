@@ -15,8 +15,11 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEV
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from jax.sharding import (  # noqa: E402
+  NamedSharding,
+  PartitionSpec as P,
+)
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fp8jax  # noqa: E402

@@ -30,12 +30,12 @@ import time
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import fp8jax  # noqa: E402
+import fp8jax
 
 IN, HIDDEN, OUT = 32, 256, 8
 TEACHER_HIDDEN = 64
@@ -56,6 +56,9 @@ class Adam(NamedTuple):
   step: jax.Array
   m: Any
   v: Any
+
+
+DEFAULT = Config()
 
 
 def _adam_init(params) -> Adam:
@@ -90,7 +93,7 @@ def init_params(key):
   sizes = [(IN, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, OUT)]
   keys = jax.random.split(key, len(sizes))
   return [{"w": jax.random.normal(k, s) * np.sqrt(2.0 / s[0]), "b": jnp.zeros((s[1],))}
-          for k, s in zip(keys, sizes)]
+          for k, s in zip(keys, sizes, strict=False)]
 
 
 def _dot(mode: str, x, w, state):
@@ -102,7 +105,7 @@ def _dot(mode: str, x, w, state):
 
 def apply(mode: str, params, states, x):
   """The MLP: Dense-GELU-Dense-GELU-Dense, each matmul in the run's arithmetic."""
-  for i, (layer, state) in enumerate(zip(params, states)):
+  for i, (layer, state) in enumerate(zip(params, states, strict=False)):
     x = _dot(mode, x, layer["w"], state) + layer["b"]
     if i < len(params) - 1:
       x = jax.nn.gelu(x)
@@ -114,7 +117,7 @@ def _loss(mode, params, states, x, y):
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "config"))
-def train(seed: jax.Array, *, mode: str, config: Config = Config()) -> jax.Array:
+def train(seed: jax.Array, *, mode: str, config: Config = DEFAULT) -> jax.Array:
   """Trains from `seed` (initial weights and batches); returns the held-out loss curve.
 
   The teacher and the held-out set are the same for every seed. The curve
@@ -149,7 +152,7 @@ def train(seed: jax.Array, *, mode: str, config: Config = Config()) -> jax.Array
   return jnp.concatenate([evaluate(params, states)[None], curve])
 
 
-def run(seeds, mode: str, config: Config = Config()) -> np.ndarray:
+def run(seeds, mode: str, config: Config = DEFAULT) -> np.ndarray:
   """Loss curves, one row per seed (the seeds train side by side, vmapped)."""
   curves = jax.jit(jax.vmap(functools.partial(train, mode=mode, config=config)))(
       jnp.asarray(seeds, jnp.uint32))

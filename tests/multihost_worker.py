@@ -36,8 +36,7 @@ def main() -> None:
                              initialization_timeout=120)
   from jax.experimental import multihost_utils
   import jax.numpy as jnp
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
+  from jax.sharding import NamedSharding, PartitionSpec as P
 
   import fp8jax
 

@@ -15,8 +15,7 @@ import pytest
 
 import fp8jax
 from tests import dot_reference as ref
-from tests.dot_reference import MATMUL
-from tests.dot_reference import gaussian as _data
+from tests.dot_reference import MATMUL, gaussian as _data
 
 # Layouts of a [M, K] and of b [K, N], as quantize options (None: a plain array).
 A_LAYOUTS = {

@@ -13,8 +13,7 @@ import pytest
 
 import fp8jax
 from tests import dot_reference as ref
-from tests.dot_reference import MATMUL
-from tests.dot_reference import gaussian as _data
+from tests.dot_reference import MATMUL, gaussian as _data
 
 
 @pytest.mark.parametrize("fa,fb,layout", [

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import fp8jax
-from tests import dot_reference as dref
-from tests import scaling_reference as sref
+from tests import dot_reference as dref, scaling_reference as sref
 
 E4M3, E5M2 = fp8jax.FORMATS["e4m3fn"], fp8jax.FORMATS["e5m2"]
 DIMS = {

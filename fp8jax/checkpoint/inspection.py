@@ -138,7 +138,8 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
 def _describe_quantized(f, scale_info: TensorInfo, dtype: str, meta: QuantMetadata) -> str:
   scale = st.read_tensor(f, scale_info)
   if meta.layout.scaling == "mx":
-    exps = scale.astype(np.int32) - 127
+    # e8m0fnu codes are biased exponents.
+    exps = scale.astype(np.int32) - FORMATS["e8m0fnu"].bias
     rng = f"2^{exps.min()} .. 2^{exps.max()}"
   else:
     rng = f"{scale.min():.6g} .. {scale.max():.6g}"

@@ -30,8 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.checkpoint import hf_config
-from fp8jax.checkpoint import safetensors_io as st
+from fp8jax.checkpoint import hf_config, safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import write_json
 from fp8jax.checkpoint.metadata import KEY, QuantizedTensor, QuantMetadata

@@ -18,8 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from jax import lax
-from jax._src import core as _core
-from jax._src import dtypes as _dtypes
+from jax._src import core as _core, dtypes as _dtypes
 import jax.numpy as jnp
 import numpy as np
 
