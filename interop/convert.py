@@ -26,7 +26,7 @@ import torch
 from fp8jax.core import checks, codec
 from fp8jax.core.formats import Format, FormatLike, get_format, resolve_format
 from fp8jax.core.layout import FLOATS
-from interop.dlpack import _check_tensor, to_jax, to_torch
+from interop.dlpack import _check_tensor, _dense, to_jax, to_torch
 
 # Above this many elements the JAX route is faster than a table gather
 # (measured on the 2-core CPU machine; see the README).
@@ -37,16 +37,18 @@ _FLOAT_NAMES = "torch.bfloat16, torch.float16 or torch.float32"
 _CODES = (torch.uint8, torch.int8)
 
 
-def _float_input(t: Any, argname: str) -> None:
-  _check_tensor(t, argname)
+def _float_input(t: Any, argname: str) -> torch.Tensor:
+  t = _check_tensor(t, argname)
   if t.dtype not in _FLOATS:
     raise TypeError(f"{argname} must be {_FLOAT_NAMES} (got {t.dtype})")
+  return t
 
 
-def _code_input(t: Any, argname: str) -> None:
-  _check_tensor(t, argname)
+def _code_input(t: Any, argname: str) -> torch.Tensor:
+  t = _check_tensor(t, argname)
   if t.dtype not in _CODES:
     raise TypeError(f"{argname} must be torch.uint8 (or int8) codes (got {t.dtype})")
+  return t
 
 
 def _target(dtype: Any, argname: str) -> torch.dtype:
@@ -56,22 +58,35 @@ def _target(dtype: Any, argname: str) -> torch.dtype:
 
 
 def _check_out(out: Any, like: torch.Tensor, dtype: torch.dtype) -> None:
-  """Validates `out` before any work, so that it is untouched on error."""
+  """Validates `out` before any work, so that it is untouched on error.
+
+  Besides shape, dtype, device and layout, `out` must be writable in
+  place here: not an inference tensor outside inference mode, not a view
+  of a tensor that requires grad, not a lazily negated or conjugated view
+  (torch refuses such writes only after making them).
+  """
   if out is None:
     return
   if not isinstance(out, torch.Tensor):
     raise TypeError(f"out must be a torch.Tensor (got {type(out).__name__})")
   problems = []
+  if out.layout != torch.strided:
+    problems.append(f"a dense layout (got {out.layout})")
+  elif not out.is_contiguous():
+    problems.append("a contiguous layout (got a strided view)")
   if out.shape != like.shape:
     problems.append(f"shape {tuple(like.shape)} (got {tuple(out.shape)})")
   if out.dtype != dtype:
     problems.append(f"dtype {dtype} (got {out.dtype})")
   if out.device != like.device:
     problems.append(f"device {like.device} (got {out.device})")
-  if not out.is_contiguous():
-    problems.append("a contiguous layout (got a strided view)")
-  if out.requires_grad:
-    problems.append("no autograd history (got requires_grad=True)")
+  if out.requires_grad or (out._base is not None and out._base.requires_grad):
+    problems.append("no autograd history (got requires_grad=True, or a view of such a tensor)")
+  if out.is_inference() and not torch.is_inference_mode_enabled():
+    problems.append("no inference-mode flag outside torch.inference_mode() (got an inference "
+                    "tensor; pass a clone)")
+  if out.is_neg() or out.is_conj():
+    problems.append("no lazy negation (got a negative or conjugate view)")
   if problems:
     raise ValueError("out must have " + ", ".join(problems))
 
@@ -96,8 +111,23 @@ def _seed_key(rounding: str, seed: Any, generator: Any) -> jax.Array | None:
 
 
 def _scale(scaling_factor: Any, shape: tuple[int, ...]) -> Any:
+  """The checked `scaling_factor` (see `checks.scale_or_none`): a real number or real array.
+
+  A torch tensor may be of any real dtype (bfloat16 and float16 widen to
+  float32 exactly); bool, complex and string values are refused, not cast
+  (a complex scale would lose its imaginary part).
+  """
   if isinstance(scaling_factor, torch.Tensor):
-    scaling_factor = scaling_factor.detach().cpu().numpy()
+    t = _dense(scaling_factor.detach(), "scaling_factor")
+    if t.dtype == torch.bool or t.is_complex():
+      raise TypeError(f"scaling_factor must be a real number or array (got {t.dtype})")
+    if t.is_floating_point():
+      t = t.to(torch.float32)
+    scaling_factor = t.cpu().numpy()
+  dtype = getattr(scaling_factor, "dtype", None)
+  if dtype is not None and not (jnp.issubdtype(dtype, jnp.floating)
+                                or jnp.issubdtype(dtype, jnp.integer)):
+    raise TypeError(f"scaling_factor must be a real number or array (got {dtype})")
   return checks.scale_or_none(scaling_factor, shape)
 
 
@@ -176,7 +206,7 @@ def encode(t: torch.Tensor, fmt: FormatLike, *, rounding: str = "nearest",
     >>> encode(torch.tensor([1.0, 500.0], dtype=torch.bfloat16), "e4m3fn").tolist()
     [56, 126]
   """
-  _float_input(t, "t")
+  t = _float_input(t, "t")
   f = get_format(fmt)
   checks.rounding_name(rounding)
   checks.overflow(overflow)
@@ -202,7 +232,7 @@ def decode(bits: torch.Tensor, fmt: FormatLike, dtype: torch.dtype = torch.bfloa
     >>> decode(torch.tensor([56, 126], dtype=torch.uint8), "e4m3fn", torch.float32).tolist()
     [1.0, 448.0]
   """
-  _code_input(bits, "bits")
+  bits = _code_input(bits, "bits")
   f = get_format(fmt)
   _target(dtype, "dtype")
   _check_out(out, bits, dtype)
@@ -225,7 +255,7 @@ def round_to_fp8_represented_as_int8(t: torch.Tensor, n_mantissa: int | None,
     >>> round_to_fp8_represented_as_int8(torch.tensor([1.0, -2.0]), 3).tolist()
     [56, 192]
   """
-  _float_input(t, "t")
+  t = _float_input(t, "t")
   fmt = resolve_format(n_mantissa, format)
   checks.rounding_name(rounding)
   checks.overflow(overflow)
@@ -245,7 +275,7 @@ def undo_int8_fp8(fp8_tensor: torch.Tensor, n_mantissa: int | None,
     >>> undo_int8_fp8(torch.tensor([56, 192], dtype=torch.uint8), 3, torch.float32).tolist()
     [1.0, -2.0]
   """
-  _code_input(fp8_tensor, "fp8_tensor")
+  fp8_tensor = _code_input(fp8_tensor, "fp8_tensor")
   fmt = resolve_format(n_mantissa, format)
   _target(target_dt, "target_dt")
   scale = _scale(scaling_factor, tuple(fp8_tensor.shape))
@@ -260,7 +290,7 @@ def int32_to_bfloat16(x: torch.Tensor, out: torch.Tensor | None = None) -> torch
     >>> int32_to_bfloat16(torch.tensor([0x3F80], dtype=torch.int32)).tolist()
     [1.0]
   """
-  _check_tensor(x, "x")
+  x = _check_tensor(x, "x")
   if x.dtype != torch.int32:
     raise TypeError(f"x must be torch.int32 (got {x.dtype})")
   _check_out(out, x, torch.bfloat16)

@@ -12,7 +12,11 @@ XLA accepts it:
 - non-contiguous (strided) tensors are made contiguous first, one copy;
 - 0-d and empty tensors work like any other;
 - tensors that require grad are refused with a TypeError: call
-  `.detach()` yourself, so that leaving the autograd graph is explicit.
+  `.detach()` yourself, so that leaving the autograd graph is explicit;
+- a tensor with torch's lazy negative or conjugate bit (`x.conj().imag`)
+  is resolved first (one copy), so the values are right;
+- sparse and meta tensors, and devices other than the CPU and CUDA, are
+  refused before any work.
 """
 
 from __future__ import annotations
@@ -28,14 +32,34 @@ from fp8jax.core.formats import EXTERNAL_NAMES, FORMATS, FormatLike, get_format
 TORCH_FLOAT8 = {name: getattr(torch, ext.torch) for name, ext in EXTERNAL_NAMES.items()
                 if ext.torch and FORMATS[name].bits == 8 and hasattr(torch, ext.torch)}
 _FORMAT_OF_DTYPE = {dt: name for name, dt in TORCH_FLOAT8.items()}
+_DEVICES = ("cpu", "cuda")
 
 
-def _check_tensor(t: Any, argname: str) -> None:
+def _check_tensor(t: Any, argname: str) -> torch.Tensor:
+  """Checks a tensor argument; returns it with lazy negation or conjugation resolved.
+
+  A tensor can carry torch's negative or conjugate bit (`x.conj().imag`,
+  `torch._neg_view`): its storage holds the values un-negated and torch
+  negates them on access. DLPack and `.view(dtype)` see the storage, so the
+  bit is resolved first (a copy, only for such tensors).
+  """
   if not isinstance(t, torch.Tensor):
     raise TypeError(f"{argname} must be a torch.Tensor (got {type(t).__name__})")
   if t.requires_grad:
     raise TypeError(f"{argname} requires grad; pass {argname}.detach() to convert it "
                     "outside the autograd graph")
+  return _dense(t, argname)
+
+
+def _dense(t: torch.Tensor, argname: str) -> torch.Tensor:
+  """`t` if it is a dense tensor with data on the CPU or a CUDA device, negation resolved."""
+  if t.layout != torch.strided:
+    raise TypeError(f"{argname} must be a dense tensor (got layout {t.layout}); call "
+                    f"{argname}.to_dense() first")
+  if t.device.type not in _DEVICES:
+    raise ValueError(f"{argname} must be on the CPU or a CUDA device (got {t.device}"
+                     f"{', which holds no data' if t.is_meta else ''})")
+  return t.resolve_conj().resolve_neg()
 
 
 def to_jax(t: torch.Tensor) -> jax.Array:
@@ -53,7 +77,7 @@ def to_jax(t: torch.Tensor) -> jax.Array:
     >>> to_jax(torch.ones(3, dtype=torch.bfloat16)).dtype
     dtype(bfloat16)
   """
-  _check_tensor(t, "t")
+  t = _check_tensor(t, "t")
   if not t.is_contiguous():
     t = t.contiguous()
   return jax.dlpack.from_dlpack(t)
@@ -93,7 +117,7 @@ def as_torch_float8(bits: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
     >>> as_torch_float8(torch.tensor([56], dtype=torch.uint8), "e4m3fn").float()
     tensor([1.])
   """
-  _check_tensor(bits, "bits")
+  bits = _check_tensor(bits, "bits")
   if bits.dtype not in (torch.uint8, torch.int8):
     raise TypeError(f"bits must be torch.uint8 codes (got {bits.dtype})")
   f = get_format(fmt)
@@ -110,7 +134,7 @@ def from_torch_float8(t: torch.Tensor) -> torch.Tensor:
     >>> from_torch_float8(torch.ones(1, dtype=torch.float8_e4m3fn)).tolist()
     [56]
   """
-  _check_tensor(t, "t")
+  t = _check_tensor(t, "t")
   if t.dtype not in _FORMAT_OF_DTYPE:
     names = ", ".join(map(str, TORCH_FLOAT8.values()))
     raise TypeError(f"t must be a torch float8 tensor ({names}) (got {t.dtype})")

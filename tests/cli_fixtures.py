@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 
 import ml_dtypes
 import numpy as np
@@ -104,3 +105,38 @@ def listing(folder: str) -> dict[str, str]:
         digest = hashlib.sha256(f.read()).hexdigest()
       out[os.path.relpath(p, folder)] = f"{digest} {os.stat(p).st_mtime_ns}"
   return out
+
+
+def contents(folder: str) -> dict[str, str]:
+  """Every entry under `folder` (files by SHA-256, links by target): the same model or not."""
+  out = {}
+  for root, dirs, files in os.walk(folder):
+    for name in dirs + files:
+      p = os.path.join(root, name)
+      if os.path.islink(p):
+        out[os.path.relpath(p, folder)] = "-> " + os.readlink(p)
+      elif os.path.isfile(p):
+        with open(p, "rb") as f:
+          out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def raw_file(path, header: dict | bytes, data: bytes = b"") -> None:
+  """A safetensors file with exactly this header (JSON-encoded unless bytes) and data."""
+  raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def expect_bad(capsys, argv, message: str, *folders) -> str:
+  """`fp8jax ARGV` exits 2 with one line on stderr holding `message`; `folders` unchanged."""
+  from fp8jax import cli
+  before = [listing(str(f)) for f in folders]
+  assert cli.main(argv) == 2
+  captured = capsys.readouterr()
+  err = captured.err
+  assert err.count("\n") == 1 and err.startswith("fp8jax: error: "), err
+  assert message in err, err
+  assert captured.out == "", captured.out
+  assert [listing(str(f)) for f in folders] == before
+  return err

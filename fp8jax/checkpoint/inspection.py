@@ -16,9 +16,10 @@ from fp8jax.checkpoint import safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import atomic_write
 from fp8jax.checkpoint.metadata import QuantMetadata
+from fp8jax.checkpoint.report import printable
 from fp8jax.checkpoint.safetensors_io import TensorInfo
 from fp8jax.checkpoint.source import Checkpoint, open_checkpoint
-from fp8jax.checkpoint.stored import WeightLayout
+from fp8jax.checkpoint.stored import WeightLayout, signed_format
 from fp8jax.core.formats import FORMATS, Format
 from fp8jax.quant import stats
 from fp8jax.quant.scaled import quantize
@@ -86,11 +87,7 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
         e4m3fn       tensor            0.000%     0.000%    32.12
     >>> shutil.rmtree(folder)
   """
-  signed = [n for n, f in FORMATS.items() if f.signed]
-  for fmt in formats:
-    if fmt not in signed:
-      raise CheckpointError(f"formats must be signed format names: {', '.join(signed)} "
-                            f"(got {fmt!r})", param="formats")
+  formats = format_names(formats)
   for scaling in scalings:
     if scaling != "none":
       WeightLayout.parse("e4m3fn", scaling)
@@ -100,15 +97,16 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
     if not any(fnmatch.fnmatchcase(n, g) for n in names):
       raise CheckpointError(f"match {g!r} matches no tensor in the checkpoint", param="match")
   merged = QuantMetadata.merged(ckpt.headers)
+  metas = [QuantMetadata.of(h) for h in ckpt.headers]
+  for h, meta in zip(ckpt.headers, metas, strict=True):
+    if meta is not None:
+      meta.check(h)  # every file, before the first line
   if merged is not None:
     yield (f"quantized by fp8jax: format {merged.layout.fmt.name}, "
            f"scaling {merged.layout.scaling}")
   columns = (f"{'':4s}{'format':<12s} {'scaling':<14s} {'overflow':>9s} {'underflow':>10s} "
              f"{'SQNR dB':>8s}")
-  for h in ckpt.headers:
-    meta = QuantMetadata.of(h)
-    if meta is not None:
-      meta.check(h)
+  for h, meta in zip(ckpt.headers, metas, strict=True):
     quantized = meta.tensors if meta is not None else {}
     scales = meta.scales if meta is not None else {}
     by_name = {t.name: t for t in h.tensors}
@@ -116,7 +114,7 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
       for t in h.tensors:
         if not _matches(t.name, match) or t.name in scales:
           continue
-        head = f"{t.name}  {t.dtype} [{', '.join(map(str, t.shape))}]"
+        head = f"{printable(t.name)}  {t.dtype} [{', '.join(map(str, t.shape))}]"
         if t.name in quantized:
           entry = quantized[t.name]
           yield head + "  " + _describe_quantized(f, by_name[entry.scale], entry.dtype, meta)
@@ -137,14 +135,25 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
 
 def _describe_quantized(f, scale_info: TensorInfo, dtype: str, meta: QuantMetadata) -> str:
   scale = st.read_tensor(f, scale_info)
-  if meta.layout.scaling == "mx":
+  if scale.size == 0:
+    rng = "(empty)"
+  elif meta.layout.scaling == "mx":
     # e8m0fnu codes are biased exponents.
     exps = scale.astype(np.int32) - FORMATS["e8m0fnu"].bias
-    rng = f"2^{exps.min()} .. 2^{exps.max()}"
+    rng = f"in 2^{exps.min()} .. 2^{exps.max()}"
   else:
-    rng = f"{scale.min():.6g} .. {scale.max():.6g}"
-  return (f"{meta.layout.describe()} (was {dtype}); scale {scale_info.name} "
-          f"{scale_info.dtype} [{', '.join(map(str, scale_info.shape))}] in {rng}")
+    rng = f"in {scale.min():.6g} .. {scale.max():.6g}"
+  return (f"{meta.layout.describe()} (was {dtype}); scale {printable(scale_info.name)} "
+          f"{scale_info.dtype} [{', '.join(map(str, scale_info.shape))}] {rng}")
+
+
+def format_names(formats: Sequence[str]) -> tuple[str, ...]:
+  """The signed formats' names, as `get_format` reads them ("E4M3FN", "float8_e5m2", ...).
+
+  Raises:
+    CheckpointError: a name that is not a signed format's (`param` "formats").
+  """
+  return tuple(signed_format(fmt, "formats", "signed format names:").name for fmt in formats)
 
 
 def check_plot(out: str, force: bool):
@@ -185,6 +194,7 @@ def plot_histograms(ckpt: Checkpoint | str, out: str, *, formats: Sequence[str] 
     The names of the tensors drawn.
   """
   plt = check_plot(out, force)
+  formats = format_names(formats)
   ckpt = open_checkpoint(ckpt) if isinstance(ckpt, str) else ckpt
   chosen = [(h, t) for h in ckpt.headers for t in h.tensors
             if t.dtype in st.FLOAT_TAGS and math.prod(t.shape) > 0

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import dataclasses
 import json
 
+from fp8jax.checkpoint import strict_json
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.safetensors_io import FLOAT_TAGS, Header
 from fp8jax.checkpoint.stored import WeightLayout
@@ -67,25 +68,27 @@ class QuantMetadata:
     return {t.scale: name for name, t in self.tensors.items()}
 
   def dump(self) -> str:
-    """The JSON string stored under `KEY` (keys sorted, so the bytes are stable)."""
+    """The JSON string stored under `KEY` (keys sorted, so the bytes are stable; UTF-8 text as is)."""
     info = {"version": VERSION, "format": self.layout.fmt.name, "scaling": self.layout.scaling,
             "bits_dtype": self.layout.bits_dtype, "scale_dtype": self.layout.scale_dtype,
             "tensors": {name: {"dtype": t.dtype, "scale": t.scale}
                         for name, t in self.tensors.items()}}
-    return json.dumps(info, sort_keys=True)
+    return json.dumps(info, sort_keys=True, ensure_ascii=False)
 
   @classmethod
   def parse(cls, path: str, raw: str) -> QuantMetadata:
     """Reads the JSON string stored under `KEY` in the file `path`.
 
     Raises:
-      CheckpointError: a version other than `VERSION`, or corrupt JSON.
+      CheckpointError: a version other than `VERSION`, corrupt JSON, or
+        scales that are not distinct tensors of their own (a weight that is
+        its own scale or another weight's, two weights with one scale).
     """
-    try:
-      info = json.loads(raw)
-      version = info.get("version")
-    except (ValueError, AttributeError) as e:
-      raise CheckpointError(f"{path}: corrupt {KEY} metadata ({e})") from None
+    where = f"{path}: corrupt {KEY} metadata"
+    info = strict_json.loads(raw, where)
+    if not isinstance(info, dict):
+      raise CheckpointError(f"{where} (not a JSON object)")
+    version = info.get("version")
     if version != VERSION:
       raise CheckpointError(f"{path}: {KEY} metadata version {version!r} is not {VERSION}; use "
                             "the fp8jax that wrote it")
@@ -97,7 +100,8 @@ class QuantMetadata:
           raise ValueError(entry)
         tensors[name] = QuantizedTensor(entry["dtype"], entry["scale"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-      raise CheckpointError(f"{path}: corrupt {KEY} metadata ({e})") from None
+      raise CheckpointError(f"{where} ({e})") from None
+    _check_scales(where, tensors)
     return cls(layout, tensors)
 
   @classmethod
@@ -143,3 +147,18 @@ class QuantMetadata:
         raise CheckpointError(f"{header.path}: {name!r} is {weight.dtype} with a {scale.dtype} "
                               f"{list(scale.shape)} scale, not the {self.layout.describe()} "
                               "layout")
+
+
+def _check_scales(where: str, tensors: dict[str, QuantizedTensor]) -> None:
+  """Each scale is a tensor of its own: not its weight, not a quantized weight, not shared."""
+  owners: dict[str, str] = {}
+  for name, entry in tensors.items():
+    if entry.scale == name:
+      raise CheckpointError(f"{where}: {name!r} is listed as its own scale")
+    if entry.scale in tensors:
+      raise CheckpointError(f"{where}: the scale of {name!r} is {entry.scale!r}, itself a "
+                            "quantized weight")
+    if entry.scale in owners:
+      raise CheckpointError(f"{where}: {owners[entry.scale]!r} and {name!r} share the scale "
+                            f"{entry.scale!r}")
+    owners[entry.scale] = name

@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.checkpoint import hf_config, safetensors_io as st
+from fp8jax.checkpoint import hf_config, interrupts, safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import write_json
 from fp8jax.checkpoint.metadata import KEY, QuantizedTensor, QuantMetadata
-from fp8jax.checkpoint.output import copy_others, staged_output
+from fp8jax.checkpoint.output import copy_others, other_files, staged_output
 from fp8jax.checkpoint.report import Summary, TensorReport
 from fp8jax.checkpoint.safetensors_io import Header, TensorInfo
 from fp8jax.checkpoint.selection import Selection
@@ -73,33 +73,56 @@ class _Conversion(Protocol):
 
 def _convert(ckpt: Checkpoint, out: str, force: bool, conversion: _Conversion,
              progress: Progress | None, start: float) -> Summary:
-  """Writes every output file of `ckpt`, then the side files, into a staged `out`."""
+  """Writes every output file of `ckpt`, then the side files, into a staged `out`.
+
+  Everything that can be checked is checked first: each output header
+  against the safetensors size limit, and a folder's other files.
+  """
+  files = [(h, [e for t in h.tensors for e in conversion.outputs(t)], conversion.metadata(h))
+           for h in ckpt.headers]
+  for h, entries, metadata in files:
+    target = out if ckpt.kind == "file" else os.path.join(out, os.path.basename(h.path))
+    st.check_header(target, entries, metadata)
+  others = other_files(ckpt, _written_names(ckpt)) if ckpt.kind == "folder" else []
   reports: list[TensorReport] = []
   weight_map: dict[str, str] = {}
   total = sizes = 0
   with staged_output(ckpt, out, force) as path:
-    for h in ckpt.headers:
+    for h, entries, metadata in files:
       shard = os.path.basename(h.path)
-      entries = [e for t in h.tensors for e in conversion.outputs(t)]
-      sizes += _write_file(h, path(shard), entries, conversion, reports, progress)
+      sizes += _write_file(h, path(shard), entries, metadata, conversion, reports, progress,
+                           final=ckpt.kind == "file")
       weight_map.update(dict.fromkeys([e.name for e in entries], shard))
       total += sum(e.nbytes for e in entries)
     if ckpt.kind != "file":
       _write_side_files(ckpt, path, weight_map, total, conversion.config)
+      copy_others(ckpt.folder, others, path)
   return Summary(tuple(reports), ckpt.nbytes, sizes, time.perf_counter() - start,
                  conversion.verb)
 
 
-def _write_file(h: Header, path: str, entries: list[st.Entry], conversion: _Conversion,
-                reports: list[TensorReport], progress: Progress | None) -> int:
+def _written_names(ckpt: Checkpoint) -> set[str]:
+  """The top-level names of a folder that the conversion writes itself."""
+  names = {os.path.basename(h.path) for h in ckpt.headers}
+  if ckpt.index_name is not None:
+    names.add(ckpt.index_name)
+  if ckpt.config is not None:
+    names.add(CONFIG)
+  return names
+
+
+def _write_file(h: Header, path: str, entries: list[st.Entry], metadata: dict[str, str],
+                conversion: _Conversion, reports: list[TensorReport], progress: Progress | None,
+                final: bool) -> int:
   """Writes `path` tensor by tensor from `h`; returns its size.
 
-  On any error the partial file is removed.
+  On any error the partial file is removed. `final`: `path` is OUT itself.
   """
-  writer = st.Writer(path, entries, conversion.metadata(h))
+  writer = st.Writer(path, entries, metadata)
   try:
     with open(h.path, "rb") as f:
       for t in h.tensors:
+        interrupts.check()
         report = conversion.convert(f, t, writer)
         if report is not None:
           reports.append(report)
@@ -108,24 +131,21 @@ def _write_file(h: Header, path: str, entries: list[st.Entry], conversion: _Conv
   except BaseException:
     writer.abort()
     raise
-  writer.close()
+  writer.close(final=final)
   return os.path.getsize(path)
 
 
 def _write_side_files(ckpt: Checkpoint, path: Callable[[str], str], weight_map: dict[str, str],
                       total: int, config: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-  """The index (names to shards, total tensor bytes) and, for a folder, its other files
-  copied and its `config.json` as `config` makes it."""
+  """The index (names to shards, total tensor bytes) and, for a folder, its `config.json`
+  as `config` makes it."""
   if ckpt.index_name is not None:
     index = dict(ckpt.index or {})
     index["metadata"] = dict(index.get("metadata") or {}, total_size=total)
     index["weight_map"] = dict(sorted(weight_map.items()))
     write_json(path(ckpt.index_name), index)
-  if ckpt.kind == "folder":
-    written = {os.path.basename(h.path) for h in ckpt.headers} | {ckpt.index_name, CONFIG}
-    copy_others(ckpt, path, written)
-    if ckpt.config is not None:
-      write_json(path(CONFIG), config(ckpt.config))
+  if ckpt.kind == "folder" and ckpt.config is not None:
+    write_json(path(CONFIG), config(ckpt.config))
 
 
 # --- quantize ----------------------------------------------------------------
@@ -174,6 +194,11 @@ def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
   if (rounding == "stochastic") != (seed is not None):
     raise CheckpointError("seed is needed for stochastic rounding, and applies only to it",
                           param="seed")
+  if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                           or not -2**63 <= seed < 2**63):
+    got = repr(seed) if not isinstance(seed, int) or seed.bit_length() < 200 else "a longer one"
+    raise CheckpointError(f"seed must be an integer from -2^63 to 2^63 - 1, the range of "
+                          f"jax.random.key (got {got})", param="seed")
   ckpt = open_checkpoint(src)
   if QuantMetadata.merged(ckpt.headers) is not None:
     raise CheckpointError(f"{src} is already quantized by fp8jax; dequantize it first")

@@ -35,7 +35,7 @@ class TensorReport:
   def line(self) -> str:
     sqnr = "" if self.sqnr_db is None else f"  SQNR {self.sqnr_db:6.2f} dB"
     shape = "[" + ", ".join(map(str, self.shape)) + "]"
-    return (f"{self.name}  {self.dtype} {shape}  {self.action}  "
+    return (f"{printable(self.name)}  {self.dtype} {shape}  {self.action}  "
             f"{human_bytes(self.bytes_in)} -> {human_bytes(self.bytes_out)}{sqnr}")
 
 
@@ -80,3 +80,19 @@ def human_bytes(n: float) -> str:
       return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
     n /= 1024
   return f"{n:.1f} GiB"
+
+
+def printable(text: str) -> str:
+  """`text` with its control and other unprintable characters escaped as Python escapes them.
+
+  Tensor names and paths come from the files: printed raw, a newline would
+  forge a line of the report and an escape sequence would drive the
+  terminal. Printable text, any script, is unchanged.
+
+  Example:
+    >>> printable("layer.0.weight"), printable("w\\x1b[2J\\n"), printable("poids.é")
+    ('layer.0.weight', 'w\\\\x1b[2J\\\\n', 'poids.é')
+  """
+  if text.isprintable():
+    return text
+  return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -32,13 +32,17 @@ from typing import Any, BinaryIO, Self
 
 import numpy as np
 
+from fp8jax.checkpoint import strict_json
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import AtomicFile
 from fp8jax.core.formats import EXTERNAL_NAMES
 from fp8jax.core.layout import FLOATS
 
 _HEADER_LEN_BYTES = 8
-_MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit
+MAX_HEADER_BYTES = 100_000_000
+"""The safetensors library's limit on the JSON header (0.8: 100,000,000 bytes read, 8 more refused)."""
+_MAX_BYTES = 2**63 - 1  # what NumPy and torch can allocate (they count zero dimensions as 1)
+_MAX_DIMS = 64  # NumPy's limit
 _ALIGN = 8
 _COPY_CHUNK = 16 * 2**20
 METADATA_KEY = "__metadata__"
@@ -111,6 +115,12 @@ def _fail(path: str, why: str) -> CheckpointError:
   return CheckpointError(f"{path}: {why}")
 
 
+def _short(value: Any, limit: int = 60) -> str:
+  """`repr(value)`, cut to about `limit` characters for an error message."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_header(path: str) -> Header:
   """Reads and validates the header of a safetensors file.
 
@@ -147,16 +157,13 @@ def read_header(path: str) -> Header:
         raise _fail(path, f"not a safetensors file ({size} bytes, shorter than the 8-byte "
                     "header length)")
       (n,) = struct.unpack("<Q", head)
-      if n == 0 or n > _MAX_HEADER_BYTES or n > size - _HEADER_LEN_BYTES:
+      if n == 0 or n > MAX_HEADER_BYTES or n > size - _HEADER_LEN_BYTES:
         raise _fail(path, f"not a safetensors file, or truncated: header length {n} does not "
                     f"fit a {size}-byte file")
       raw = f.read(n)
   except OSError as e:
     raise _fail(path, f"cannot read ({e.strerror})") from None
-  try:
-    header = json.loads(raw.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise _fail(path, f"not a safetensors file, or a corrupt header (invalid JSON: {e})") from None
+  header = strict_json.loads(raw, f"{path}: not a safetensors file, or a corrupt header")
   if not isinstance(header, dict):
     raise _fail(path, "corrupt header: the JSON is not an object")
   metadata = header.pop(METADATA_KEY, None) or {}
@@ -184,21 +191,41 @@ def _tensor_info(path: str, name: str, entry: Any, base: int) -> TensorInfo:
     raise _fail(path, f"corrupt header: entry {name!r} needs exactly dtype, shape and "
                 "data_offsets")
   dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-  if dtype not in DTYPES:
-    raise _fail(path, f"tensor {name!r} has unsupported dtype {dtype!r} (known: "
+  if not isinstance(dtype, str) or dtype not in DTYPES:
+    raise _fail(path, f"tensor {name!r} has unsupported dtype {_short(dtype)} (known: "
                 f"{', '.join(DTYPES)})")
   if not isinstance(shape, list) or not all(
       isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-    raise _fail(path, f"corrupt header: tensor {name!r} has shape {shape!r}")
+    raise _fail(path, f"corrupt header: tensor {name!r} has shape {_short(shape)}")
+  if not fits(shape, dtype):
+    raise _fail(path, f"tensor {name!r} has shape {_short(shape)}, which NumPy and torch "
+                "cannot hold (over 64 dimensions, or 2^63 bytes)")
   if (not isinstance(offsets, list) or len(offsets) != 2 or not all(
       isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
       or offsets[0] > offsets[1]):
-    raise _fail(path, f"corrupt header: tensor {name!r} has data_offsets {offsets!r}")
+    raise _fail(path, f"corrupt header: tensor {name!r} has data_offsets {_short(offsets)}")
   nbytes = math.prod(shape) * DTYPES[dtype].itemsize
   if offsets[1] - offsets[0] != nbytes:
-    raise _fail(path, f"corrupt header: tensor {name!r} of {dtype} {shape} needs {nbytes} "
-                f"bytes, its data_offsets give {offsets[1] - offsets[0]}")
+    raise _fail(path, f"corrupt header: tensor {name!r} of {dtype} {_short(shape)} needs "
+                f"{nbytes} bytes, its data_offsets give {offsets[1] - offsets[0]}")
   return TensorInfo(name, dtype, tuple(shape), base + offsets[0], base + offsets[1])
+
+
+def fits(shape: Sequence[int], dtype: str) -> bool:
+  """Whether a tensor of `shape` and `dtype` can be held by NumPy and torch (and so read).
+
+  At most 64 dimensions, and under 2^63 bytes counting a zero dimension as
+  1, as both do when they check sizes: `[2**62, 0]` F32 is refused by
+  NumPy though it holds no element.
+  """
+  if len(shape) > _MAX_DIMS:
+    return False
+  n = DTYPES[dtype].itemsize
+  for d in shape:
+    n *= max(d, 1)
+    if n > _MAX_BYTES:
+      return False
+  return True
 
 
 def read_tensor(f: BinaryIO, info: TensorInfo) -> np.ndarray:
@@ -245,11 +272,16 @@ class Entry:
     return math.prod(self.shape) * DTYPES[self.dtype].itemsize
 
 
-def encode_header(entries: Sequence[Entry], metadata: dict[str, str]) -> bytes:
-  """The length prefix and JSON header for `entries`, laid out in order.
+def encode_header(path: str, entries: Sequence[Entry], metadata: dict[str, str]) -> bytes:
+  """The length prefix and JSON header for `entries`, laid out in order, for the file `path`.
 
-  The JSON is padded with spaces to a multiple of 8 bytes, so that every
-  tensor starts aligned, as the safetensors library writes it.
+  The JSON is UTF-8 (as the safetensors library writes it: non-ASCII text
+  takes 2 to 4 bytes, not a 6-byte escape) and padded with spaces to a
+  multiple of 8 bytes, so that every tensor starts aligned.
+
+  Raises:
+    CheckpointError: the header is over `MAX_HEADER_BYTES`, which every
+      safetensors reader refuses.
   """
   header: dict[str, Any] = {}
   if metadata:
@@ -259,9 +291,18 @@ def encode_header(entries: Sequence[Entry], metadata: dict[str, str]) -> bytes:
     header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
                       "data_offsets": [pos, pos + e.nbytes]}
     pos += e.nbytes
-  raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+  raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
   raw += b" " * (-len(raw) % _ALIGN)
+  if len(raw) > MAX_HEADER_BYTES:
+    raise CheckpointError(f"{path}: its header would take {len(raw):,} bytes, over the "
+                          f"{MAX_HEADER_BYTES:,} bytes safetensors readers accept; split the "
+                          "checkpoint into more shards")
   return struct.pack("<Q", len(raw)) + raw
+
+
+def check_header(path: str, entries: Sequence[Entry], metadata: dict[str, str]) -> None:
+  """Checks, before any writing, that `Writer(path, entries, metadata)` will have a readable header."""
+  encode_header(path, aligned_order(entries), metadata)
 
 
 def aligned_order(entries: Sequence[Entry]) -> list[Entry]:
@@ -297,7 +338,7 @@ class Writer:
   def __init__(self, path: str, entries: Iterable[Entry], metadata: dict[str, str]):
     self.path = path
     ordered = aligned_order(list(entries))
-    header = encode_header(ordered, metadata)
+    header = encode_header(path, ordered, metadata)
     self._slots: dict[str, tuple[Entry, int]] = {}
     pos = len(header)
     for e in ordered:
@@ -341,13 +382,13 @@ class Writer:
     self._seek(name, info.nbytes)
     copy_bytes(f, info, self._f.write)
 
-  def close(self) -> None:
-    """Finishes the file and renames it into place."""
+  def close(self, final: bool = False) -> None:
+    """Finishes the file and renames it into place (`final`: it is the output itself)."""
     missing = [n for n in self._slots if n not in self._written]
     if missing:
       self.abort()
       raise CheckpointError(f"{self.path}: {len(missing)} tensors not written ({missing[0]}, ...)")
-    self._file.commit()
+    self._file.commit(final)
 
   def abort(self) -> None:
     """Drops the temporary file; `path` is untouched."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 import dataclasses
-import json
 import os
+import stat
 from typing import Any
 
-from fp8jax.checkpoint import safetensors_io as st
+from fp8jax.checkpoint import safetensors_io as st, strict_json
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.safetensors_io import Header, TensorInfo
 
@@ -99,14 +99,18 @@ def shard_names(n: int, stem: str = "model") -> Sequence[str]:
 
 
 def read_json(path: str) -> Any:
-  """Reads a JSON file; a `CheckpointError` names the file when it cannot."""
+  """Reads a JSON file strictly (`strict_json.loads`); a `CheckpointError` names the file when it cannot.
+
+  Only a regular file is read: a named pipe would block, a device never end.
+  """
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+      if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        raise CheckpointError(f"{path}: not a regular file")
+      raw = f.read()
   except OSError as e:
     raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+  return strict_json.loads(raw, path)
 
 
 def _open_folder(path: str) -> Checkpoint:
@@ -140,6 +144,9 @@ def _read_index(path: str) -> tuple[dict[str, Any], dict[str, str]]:
       for k, v in weight_map.items()):
     raise CheckpointError(f"{path}: not a safetensors index (needs a weight_map from tensor "
                           "names to shard file names)")
+  if not isinstance(index.get("metadata") or {}, dict):
+    raise CheckpointError(f"{path}: the index's metadata must be a JSON object (got "
+                          f"{type(index['metadata']).__name__})")
   rest = {k: v for k, v in index.items() if k != "weight_map"}
   return rest, weight_map
 

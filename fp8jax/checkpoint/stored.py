@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from fp8jax.checkpoint.errors import CheckpointError
-from fp8jax.core.formats import EXTERNAL_NAMES, FORMATS, Format
+from fp8jax.core.formats import EXTERNAL_NAMES, FORMATS, Format, get_format
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.scaled import quantize
 from fp8jax.quant.spec import MX, MX_ELEMENTS, QuantSpec, Tensor
@@ -37,6 +37,21 @@ SCALINGS = ("tensor", "axis", "block:B", "block:BxC", "mx")
 # Formats with a safetensors float8 dtype that every float8-aware reader
 # knows; the codes are bit-identical to torch's / the OCP layout.
 _F8_TAGS = {name: EXTERNAL_NAMES[name].safetensors for name in ("e4m3fn", "e5m2")}
+
+
+def signed_format(name: Any, param: str, expected: str = "one of") -> Format:
+  """The signed format `name` names (as `get_format` reads names), else a `CheckpointError`.
+
+  Its message is `{param} must be {expected} {the names} (got {name!r})`.
+  """
+  try:
+    f = get_format(name) if isinstance(name, str) else None
+  except ValueError:
+    f = None
+  if f is None or not f.signed:
+    names = ", ".join(n for n, v in FORMATS.items() if v.signed)
+    raise CheckpointError(f"{param} must be {expected} {names} (got {name!r})", param=param)
+  return f
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,22 +74,22 @@ class WeightLayout:
   def parse(cls, fmt: str, scaling: str) -> WeightLayout:
     """Checks a format name and a scaling spelling (`QuantSpec.parse`).
 
+    The format may be named as `get_format` accepts it: in any case, or by
+    its ml_dtypes name (`E4M3FN`, `float8_e4m3fn`).
+
     Raises:
       CheckpointError: an unknown or unsigned format, an unknown scaling, or
         `mx` with a format that is not an MX element format; its `param`
         is "fmt" or "scaling".
     """
-    f = FORMATS.get(fmt)
-    if f is None or not f.signed:
-      names = ", ".join(n for n, v in FORMATS.items() if v.signed)
-      raise CheckpointError(f"fmt must be one of {names} (got {fmt!r})", param="fmt")
-    if scaling == MX.kind and fmt not in MX_ELEMENTS:
+    f = signed_format(fmt, "fmt")
+    if scaling == MX.kind and f.name not in MX_ELEMENTS:
       # Said here rather than by QuantSpec, whose message is about its own `scaling='mx'`.
       raise CheckpointError(f"scaling mx needs an MX element format, one of "
                             f"{', '.join(MX_ELEMENTS)} (got {fmt!r})", param="scaling")
     try:
       return cls(QuantSpec.parse(f, scaling))
-    except ValueError as e:  # the spelling: "scaling must be tensor, axis, ..."
+    except (TypeError, ValueError) as e:  # the spelling: "scaling must be tensor, axis, ..."
       raise CheckpointError(str(e), param="scaling") from None
 
   @property

@@ -13,7 +13,9 @@ older commands and checkpoints spell it.
 
 Exit status: 0 on success, 2 for bad input or arguments (one line on stderr,
 nothing written), 1 when writing fails (disk full, permissions), 130 when
-interrupted. OUT appears only when complete; IN is only read.
+interrupted (Ctrl-C), 143 when terminated (SIGTERM). OUT appears only when
+complete; IN is only read. `console` installs the signal handlers
+(`checkpoint.interrupts`) before anything else runs.
 
 The library's errors name its parameters (`rounding must be ...`); `FLAGS`
 turns them into the flags that set them (`--rounding must be ...`).
@@ -23,18 +25,22 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+import contextlib
 import math
 import os
+import signal
 import sys
 
-from fp8jax.checkpoint import inspection
+from fp8jax.checkpoint import inspection, interrupts
 from fp8jax.checkpoint.errors import CheckpointError
+from fp8jax.checkpoint.files import remove_temporaries
 from fp8jax.checkpoint.pipeline import (
   DTYPE_TAGS,
   ROUNDINGS,
   dequantize_checkpoint,
   quantize_checkpoint,
 )
+from fp8jax.checkpoint.report import printable
 from fp8jax.checkpoint.selection import Selection
 from fp8jax.checkpoint.stored import WeightLayout
 from fp8jax.cli import demo
@@ -75,8 +81,23 @@ def error_message(e: CheckpointError) -> str:
   return flag + text[len(e.param):]
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with errors in one line, as the command's own errors are."""
+
+  def error(self, message: str):
+    self.exit(EXIT_BAD_INPUT, f"fp8jax: error: {printable(message)}\n")
+
+
+def _integer(text: str) -> int:
+  try:
+    return int(text)
+  except ValueError:
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise argparse.ArgumentTypeError(f"invalid integer {shown!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = _Parser(
       prog="fp8jax", description="Quantize safetensors checkpoints to FP8 and back, inspect "
       "them, compare formats.")
   sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -91,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="tensor (default), axis (one scale per output channel; also spelled "
                  "channel), block:B, block:BxC (e.g. block:128x128) or mx")
   q.add_argument("--rounding", default="nearest", choices=ROUNDINGS)
-  q.add_argument("--seed", type=int, default=None, help="seed for --rounding stochastic")
+  q.add_argument("--seed", type=_integer, default=None, help="seed for --rounding stochastic")
   q.add_argument("--include", action="append", default=[], metavar="GLOB",
                  help="also quantize matching float tensors with >= 2 dims (repeatable)")
   q.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -169,7 +190,7 @@ def _inspect(args) -> int:
   if args.plot:
     drawn = inspection.plot_histograms(args.src, args.plot, formats=formats,
                                        match=tuple(args.match), force=args.force)
-    print(f"wrote {args.plot}: {', '.join(drawn)}")
+    print(printable(f"wrote {args.plot}: {', '.join(drawn)}"))
   return 0
 
 
@@ -232,24 +253,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     e2m1fn       4     2  1  1     6      1           0.5            0.5    none (saturates)
     0
   """
-  args = _parser().parse_args(argv)
   try:
+    args = _parser().parse_args(argv)
     return _COMMANDS[args.command](args)
   except CheckpointError as e:
-    print(f"fp8jax: error: {error_message(e)}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return _fail(error_message(e), EXIT_BAD_INPUT)
   except BrokenPipeError:
     # The reader went away (`fp8jax inspect ... | head`): stop quietly.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
   except OSError as e:
-    print(f"fp8jax: error: {e}", file=sys.stderr)
-    return EXIT_WRITE_FAILED
-  except KeyboardInterrupt:
-    print("fp8jax: interrupted; nothing written", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    return _fail(str(e), EXIT_WRITE_FAILED)
+  except KeyboardInterrupt as e:
+    return _interrupted(e)
+
+
+def _fail(message: str, status: int) -> int:
+  print(f"fp8jax: error: {printable(message)}", file=sys.stderr)
+  return status
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+  """Removes what the interrupted run left, says so in one line; returns 130 or 143."""
+  remove_temporaries()
+  status = getattr(e, "exit_status", EXIT_INTERRUPTED)
+  what = "terminated" if status == 128 + signal.SIGTERM else "interrupted"
+  print(f"fp8jax: {what}; nothing written", file=sys.stderr)
+  return status
 
 
 def console() -> None:
-  """The console script's entry point."""
-  sys.exit(main())
+  """The console script's entry point: signal handlers first, then `main`.
+
+  Signals are ignored once `main` is done, so that the exit status is the
+  run's. After a signal the process ends with `os._exit` once the output
+  is flushed: Python's own shutdown can crash in native code (XLA's
+  threads) after an interrupt, and there is nothing left to clean up.
+  """
+  interrupts.install()
+  try:
+    status = main()
+  except KeyboardInterrupt as e:  # one that landed outside main's own handling
+    status = _interrupted(e)
+  finally:
+    interrupts.ignore()
+  if interrupts.received() is None:
+    sys.exit(status)
+  for stream in (sys.stdout, sys.stderr):
+    with contextlib.suppress(OSError, ValueError):
+      stream.flush()
+  os._exit(status)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 import contextlib
 import sys
 
+from fp8jax.checkpoint.report import printable
 from fp8jax.checkpoint.source import open_checkpoint
 
 MIN_BYTES = 8 * 2**20
@@ -28,6 +29,6 @@ def progress_bar(src: str, quiet: bool) -> Iterator[Callable[[str, int], None] |
   with tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False,
             disable=None, mininterval=MIN_INTERVAL_S) as bar:
     def step(name: str, nbytes: int) -> None:
-      bar.set_postfix_str(name[-40:], refresh=False)
+      bar.set_postfix_str(printable(name)[-40:], refresh=False)
       bar.update(nbytes)
     yield step
