@@ -58,7 +58,7 @@ def round_to_fp8_represented_as_int8(t: ArrayLike, n_mantissa: int | None, out: 
   checks.rounding(rounding, key)
   checks.overflow(overflow)
   scale = checks.scale_or_none(scaling_factor, t.shape)
-  checks.out(out, t.shape, np.dtype(np.uint8))
+  checks.out(out, t.shape, np.dtype(np.uint8), like=t)
   return codec.encode_into(t, fmt, scale, out, rounding=rounding, overflow=overflow, key=key)
 
 
@@ -89,7 +89,7 @@ def undo_int8_fp8(fp8_tensor: ArrayLike, n_mantissa: int | None, target_dt: Any 
   fmt = formats.resolve_format(n_mantissa, format)
   out_dtype, _ = checks.target_layout(target_dt, "target_dt")
   scale = checks.scale_or_none(scaling_factor, fp8_tensor.shape)
-  checks.out(out, fp8_tensor.shape, out_dtype)
+  checks.out(out, fp8_tensor.shape, out_dtype, like=fp8_tensor)
   return codec.decode_into(fp8_tensor, fmt, out_dtype, scale, out)
 
 

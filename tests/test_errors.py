@@ -95,3 +95,51 @@ def test_stochastic_without_key_raises_before_any_work(monkeypatch):
   with pytest.raises(ValueError):
     fp8jax.encode(X, "e4m3fn", rounding="stochastic")
   assert not calls
+
+
+def test_api_misuse_is_a_named_error_before_any_work():
+  import torch
+  t = torch.ones(4)
+  with pytest.raises(TypeError, match=r"x must be a JAX or NumPy array \(got torch.Tensor\)"):
+    fp8jax.encode(t, "e4m3fn")
+  with pytest.raises(TypeError, match="x must be a JAX or NumPy array"):
+    fp8jax.quantize(t)
+  keys = jax.random.split(jax.random.key(0), 3)
+  with pytest.raises(ValueError, match=r"key must be a single key, of shape \(\) \(got shape"):
+    fp8jax.encode(X, "e4m3fn", rounding="stochastic", key=keys)
+  with pytest.raises(ValueError, match=r"key must be a single key, of shape \(2,\)"):
+    fp8jax.encode(X, "e4m3fn", rounding="stochastic", key=jax.random.split(jax.random.PRNGKey(0)))
+  for bad in (np.array([1 + 2j], np.complex64), np.array(["2"]), np.array([True])):
+    with pytest.raises(TypeError, match="must be a real number or array"):
+      fp8jax.round_to_fp8_represented_as_int8(X, 3, scaling_factor=bad)
+    with pytest.raises(TypeError, match="scaling must be a real number or array"):
+      fp8jax.quantize(X, scaling=bad)
+  with pytest.raises(TypeError, match="scaling_factor must be a number"):
+    fp8jax.round_to_fp8_represented_as_int8(X, 3, scaling_factor=torch.tensor(2.0))
+
+
+def test_a_donated_out_is_named_not_a_buffer_error():
+  out = jnp.zeros(X.shape, jnp.uint8)
+  fp8jax.round_to_fp8_represented_as_int8(X, 3, out=out)
+  if not out.is_deleted():
+    pytest.skip("this backend did not donate the buffer")  # CPU donates; guard other backends
+  with pytest.raises(ValueError, match="out was donated to an earlier call"):
+    fp8jax.round_to_fp8_represented_as_int8(X, 3, out=out)
+
+
+def test_out_on_other_devices_than_the_input_is_refused():
+  import subprocess
+  import sys
+  code = (
+      "import jax, jax.numpy as jnp, fp8jax\n"
+      "x = jax.device_put(jnp.ones(4), jax.devices()[0])\n"
+      "out = jax.device_put(jnp.zeros(4, jnp.uint8), jax.devices()[1])\n"
+      "try:\n"
+      "  fp8jax.round_to_fp8_represented_as_int8(x, 3, out=out)\n"
+      "except ValueError as e:\n"
+      "  print(e)\n")
+  env = dict(__import__("os").environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env=env, check=False)
+  assert "out must be on the input's devices" in res.stdout, res.stdout + res.stderr

@@ -11,7 +11,14 @@ import numpy as np
 from fp8jax.core import kernel, layout
 
 
+def _is_torch(x: Any) -> bool:
+  return type(x).__module__.split(".")[0] == "torch"
+
+
 def dtype_of(x: Any, argname: str) -> np.dtype:
+  if _is_torch(x):
+    raise TypeError(f"{argname} must be a JAX or NumPy array (got torch.Tensor); convert it "
+                    "with interop.to_jax, or use the interop functions, which take torch tensors")
   dtype = getattr(x, "dtype", None)
   if dtype is None or not hasattr(x, "shape"):
     raise TypeError(f"{argname} must be an array (got {type(x).__name__}); "
@@ -54,9 +61,13 @@ def rounding(value: Any, key: Any) -> None:
   if value == kernel.STOCHASTIC:
     if key is None:
       raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
-    if not _is_key(key):
+    if _is_torch(key) or not _is_key(key):
       raise TypeError("key must be a jax.random key: jax.random.key(seed) or "
                       f"jax.random.PRNGKey(seed) (got {_describe(key)})")
+    single = () if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else (2,)
+    if tuple(key.shape) != single:
+      raise ValueError(f"key must be a single key, of shape {single} (got shape "
+                       f"{tuple(key.shape)}); jax.vmap the call for a key per slice")
   elif key is not None:
     raise ValueError(f"key is only used with rounding='stochastic' (got rounding={value!r})")
 
@@ -95,6 +106,10 @@ def scale_factor(value: Any, argname: str, shape: tuple[int, ...], *,
   if isinstance(value, bool) or not isinstance(
       value, (int, float, np.integer, np.floating, np.ndarray, jax.Array)):
     raise TypeError(f"{argname} must be a number or a float array (got {type(value).__name__})")
+  dtype = getattr(value, "dtype", None)
+  if dtype is not None and not (jnp.issubdtype(dtype, jnp.floating)
+                                or jnp.issubdtype(dtype, jnp.integer)):
+    raise TypeError(f"{argname} must be a real number or array (got {np.dtype(dtype)})")
   if isinstance(value, jax.core.Tracer):
     return value.astype(jnp.float32)
   with np.errstate(over="ignore"):
@@ -119,12 +134,21 @@ def is_one(scale: jax.Array) -> bool:
           and float(scale) == 1.0)
 
 
-def out(value: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
-  """Checks `out=` against the result it will receive."""
+def out(value: Any, shape: tuple[int, ...], dtype: np.dtype, like: Any = None) -> None:
+  """Checks `out=` against the result it will receive and the input `like`."""
   if value is None:
     return
   if not isinstance(value, jax.Array):
     raise TypeError(f"out must be a jax.Array (got {type(value).__name__})")
+  if isinstance(value, jax.core.Tracer):
+    return
+  if value.is_deleted():
+    raise ValueError("out was donated to an earlier call and holds no buffer; pass the array "
+                     "that call returned")
+  if (isinstance(like, jax.Array) and not isinstance(like, jax.core.Tracer)
+      and value.sharding != like.sharding):
+    raise ValueError(f"out must be on the input's devices {sorted(like.devices(), key=str)} "
+                     f"with its sharding (got {sorted(value.devices(), key=str)})")
   if tuple(value.shape) != tuple(shape) or np.dtype(value.dtype) != np.dtype(dtype):
     raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype)} "
                      f"(got shape {tuple(value.shape)} and dtype {value.dtype})")
