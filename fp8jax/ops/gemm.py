@@ -9,10 +9,14 @@ operands to float32, which is exact, so the result is the same computation.
 Where a scale is constant along the contraction (per tensor, per row of `a`,
 per column of `b`, tiles along the free axes) it multiplies the output once.
 Where both operands are scaled in blocks along the contraction (1x128 blocks,
-128x128 tiles, MX), the contraction is split into those blocks: one
+128x128 tiles, MX, NVFP4), the contraction is split into those blocks: one
 dot_general gives a partial product per block, each partial is multiplied by
 its two scales, and the partials are summed in float32. Everything else is
 handled by dequantizing one operand to float32 first (see `dot`).
+
+`scaled_matmul` hands MX and NVFP4 operands to XLA's block-scaled matmul
+instead: `jax.nn.scaled_matmul` (cuDNN's block-scaled GEMM on Blackwell) on
+CUDA, `jax.lax.scaled_dot` (which XLA decomposes) elsewhere.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import numpy as np
 
 from fp8jax.core import checks, codec, packing
 from fp8jax.core.views import as_float8
-from fp8jax.quant import scales
+from fp8jax.quant import nvfp4, scales
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.scaled import dequantize
+from fp8jax.quant.spec import MX, NVFP4
 
 _OUT_DTYPES = "float32, bfloat16 or float16"
 
@@ -65,7 +70,11 @@ def _element_values(q: QArray) -> jax.Array:
 def _scale_grid(q: QArray) -> tuple[jax.Array, tuple[int | None, ...]]:
   """q's scale as a float32 array of q's rank, and the run length along each axis."""
   shape = q.shape
-  scale = jnp.asarray(scales.scale_f32(q.scale, q.granularity), jnp.float32)
+  if q.granularity == NVFP4.kind:
+    # Each block's multiplier, e4m3fn scale and tensor scale combined as dequantize does.
+    scale = nvfp4.block_multipliers(q.scale, q.tensor_scale, q.spec)
+  else:
+    scale = jnp.asarray(scales.scale_f32(q.scale, q.granularity), jnp.float32)
   scale = scale.reshape(q.spec.grid_shape(shape))
   axes, blocks = q.spec.grouping(len(shape))
   blocked = {} if blocks is None else {a % len(shape): b for a, b in zip(axes, blocks, strict=False)}
@@ -286,7 +295,8 @@ def dot(a: QArray | jax.Array, b: QArray | jax.Array, *, dimension_numbers: Any 
   - constant along the contraction (per tensor, static, "axis" scales of a
     row of `a` or a column of `b`, blocks or tiles along the free and batch
     axes): one multiply of the output per operand, after the dot;
-  - blocks along one contracted axis (1x128 blocks, 128x128 tiles, MX): the
+  - blocks along one contracted axis (1x128 blocks, 128x128 tiles, MX,
+    NVFP4, whose block multipliers include the tensor scale): the
     contraction is split into runs of the block size (the smaller one when
     one side's block size divides the other's), `dot_general` gives one
     float32 partial product per run, each is multiplied by its two scales
@@ -354,3 +364,162 @@ def matmul(a: QArray | jax.Array, b: QArray | jax.Array, *,
                        "(use dot with dimension_numbers for other ranks)")
   return dot(a, b, preferred_element_type=preferred_element_type)
 
+
+
+# --- block-scaled matmul: XLA's scaled_matmul / scaled_dot ---------------------
+
+_SCALED_ELEMENTS = ("e4m3fn", "e5m2", "e2m1fn")
+
+
+class ScaledOperand(NamedTuple):
+  """A QArray as an operand of `jax.nn.scaled_matmul`.
+
+  Attributes:
+    values: `[B, M, K']` codes viewed as `float8_e4m3fn`, `float8_e5m2` or
+      `float4_e2m1fn` (no arithmetic), K' = K padded with zero codes to whole
+      blocks.
+    scales: `[B, M, K' / block]` block scales viewed as `float8_e8m0fnu` (MX)
+      or `float8_e4m3fn` (NVFP4; 16x16 tiles repeated over their 16 rows).
+    tensor_scale: NVFP4: float32 `[B]`, the tensor's decode multiplier
+      (`nvfp4.tensor_multiplier`), which multiplies the product; None for MX.
+  """
+
+  values: jax.Array
+  scales: jax.Array
+  tensor_scale: jax.Array | None
+
+
+def _check_scaled(q: Any, name: str) -> QArray:
+  if not isinstance(q, QArray):
+    raise TypeError(f"{name} must be a QArray (got {type(q).__name__})")
+  if q.granularity not in (MX.kind, NVFP4.kind):
+    raise ValueError(f"{name} must be scaled with scaling='mx' or 'nvfp4' for a block-scaled "
+                     f"matmul (got scaling={q.granularity!r})")
+  if q.fmt.name not in _SCALED_ELEMENTS:
+    raise ValueError(f"{name}: block-scaled matmul takes elements "
+                     f"{', '.join(_SCALED_ELEMENTS)} (got {q.fmt.name!r})")
+  if len(q.shape) not in (2, 3):
+    raise ValueError(f"{name} must be [M, K] or [B, M, K] (got shape {q.shape})")
+  if q.axes[-1] != -1:
+    raise ValueError(f"{name} must be scaled in blocks along its last axis, the contraction "
+                     f"(got blocks along axis {q.axes[-1]})")
+  return q
+
+
+@jax.jit
+def _operands(q: QArray) -> ScaledOperand:
+  shape = q.shape
+  block = q.block[-1]
+  bits = packing.unpack_codes(q.bits, shape[-1]) if q.packed else q.bits
+  pad = -shape[-1] % block
+  if pad:
+    bits = jnp.pad(bits, [(0, 0)] * (bits.ndim - 1) + [(0, pad)])
+  if q.fmt.bits == 8:
+    values = as_float8(bits, q.fmt)
+  else:  # two codes per byte, low nibble first: XLA's float4 layout
+    packed = packing.pack_codes(bits)
+    values = lax.bitcast_convert_type(packed, jnp.float4_e2m1fn).reshape(bits.shape)
+  scale_dtype = jnp.float8_e8m0fnu if q.granularity == MX.kind else jnp.float8_e4m3fn
+  block_scales = lax.bitcast_convert_type(q.scale, scale_dtype)
+  if len(q.block) == 2:  # 16x16 tiles: one scale row per 16 rows
+    block_scales = jnp.repeat(block_scales, q.block[0], axis=-2,
+                              total_repeat_length=shape[-2])
+  tensor = None
+  if q.granularity == NVFP4.kind:
+    tensor = nvfp4.tensor_multiplier(q.tensor_scale, q.spec.granularity.rule)
+  if len(shape) == 2:
+    values, block_scales = values[None], block_scales[None]
+  if tensor is not None:
+    tensor = jnp.broadcast_to(tensor.reshape(-1), values.shape[:1])
+  return ScaledOperand(values, block_scales, tensor)
+
+
+def scaled_matmul_operands(q: QArray) -> ScaledOperand:
+  """A QArray as `jax.nn.scaled_matmul` operands: codes and scales viewed as XLA's types.
+
+  MX (e4m3fn, e5m2, e2m1fn elements) and NVFP4 QArrays of shape `[M, K]` or
+  `[B, M, K]`, scaled in blocks along the last axis (the contraction, as
+  `jax.nn.scaled_matmul` wants for both operands: a weight `[out, in]` as
+  it is stored). Nothing is converted: the codes become `float8_*` /
+  `float4_e2m1fn` arrays and the scale codes `float8_e8m0fnu` /
+  `float8_e4m3fn` arrays by bitcasts; a ragged K is padded with zero codes.
+
+  Args:
+    q: a QArray from `quantize(..., scaling="mx" or "nvfp4")`.
+
+  Returns:
+    A `ScaledOperand` (values, scales, tensor_scale).
+
+  Example:
+    >>> q = fp8jax.quantize(jnp.ones((4, 64)), "e4m3fn", scaling="mx")
+    >>> v, s, t = scaled_matmul_operands(q)
+    >>> v.shape, v.dtype, s.shape, s.dtype, t
+    ((1, 4, 64), dtype(float8_e4m3fn), (1, 4, 2), dtype(float8_e8m0fnu), None)
+  """
+  return _operands(_check_scaled(q, "q"))
+
+
+def _block_scaled(a: ScaledOperand, b: ScaledOperand) -> jax.Array:
+  """[B, M, K] x [B, N, K] -> [B, M, N] float32, by XLA's block-scaled matmul."""
+  def cudnn(va, vb, sa, sb):
+    return jax.nn.scaled_matmul(va, vb, sa, sb, preferred_element_type=jnp.float32)
+
+  def decomposed(va, vb, sa, sb):
+    return lax.scaled_dot(va, vb, lhs_scale=sa, rhs_scale=sb,
+                          dimension_numbers=(((2,), (2,)), ((0,), (0,))),
+                          preferred_element_type=jnp.float32)
+
+  args = (a.values, b.values, a.scales, b.scales)
+  return lax.platform_dependent(*args, cuda=cudnn, default=decomposed)
+
+
+@functools.partial(jax.jit, static_argnames=("preferred_element_type",))
+def _scaled_matmul(a, b, *, preferred_element_type):
+  oa, ob = _operands(a), _operands(b)
+  out = _block_scaled(oa, ob)
+  if oa.tensor_scale is not None:
+    out = out * (oa.tensor_scale * ob.tensor_scale)[:, None, None]
+  if len(a.shape) == 2:
+    out = out[0]
+  return out.astype(preferred_element_type)
+
+
+def scaled_matmul(a: QArray, b: QArray, *, preferred_element_type: Any = jnp.float32
+                  ) -> jax.Array:
+  """`a @ b.T` of two MX or NVFP4 QArrays, by XLA's block-scaled matmul.
+
+  Both operands are scaled along their last axis, the contraction: `a` is
+  `[M, K]` (or `[B, M, K]`), `b` is `[N, K]` (or `[B, N, K]`), a weight as
+  stored `[out, in]`. The codes and scales go to `jax.nn.scaled_matmul`
+  as they are (`scaled_matmul_operands`), which lowers to cuDNN's
+  block-scaled GEMM on Blackwell GPUs; on other platforms to
+  `jax.lax.scaled_dot`, which XLA decomposes (elements times scales,
+  exactly, in bfloat16; a float32 dot). NVFP4 tensor scales multiply the
+  float32 product. Equal to `dequantize(a) @ dequantize(b).T` within float32
+  accumulation error (tests/test_block_scaled_dot.py derives the bound).
+
+  Args:
+    a: MX or NVFP4 QArray `[M, K]` or `[B, M, K]`.
+    b: a QArray of the same kind and block size, `[N, K]` or `[B, N, K]`.
+    preferred_element_type: float32 (default), bfloat16 or float16.
+
+  Returns:
+    `[M, N]` (or `[B, M, N]`) in `preferred_element_type`.
+
+  Example:
+    >>> a = fp8jax.quantize(jnp.ones((2, 64)), "e4m3fn", scaling="mx")
+    >>> b = fp8jax.quantize(jnp.full((3, 64), 0.5), "e4m3fn", scaling="mx")
+    >>> scaled_matmul(a, b)
+    Array([[32., 32., 32.],
+           [32., 32., 32.]], dtype=float32)
+  """
+  a = _check_scaled(a, "a")
+  b = _check_scaled(b, "b")
+  if a.granularity != b.granularity or a.block[-1] != b.block[-1]:
+    raise ValueError(f"a and b must be scaled alike (got {a.spec.spelling()!r} and "
+                     f"{b.spec.spelling()!r})")
+  if len(a.shape) != len(b.shape) or a.shape[-1] != b.shape[-1] or a.shape[:-2] != b.shape[:-2]:
+    raise ValueError(f"scaled_matmul takes a [B, M, K] and b [B, N, K] (or [M, K] and [N, K]) "
+                     f"with the same B and K (got {a.shape} and {b.shape})")
+  out_dtype = check_out_dtype(preferred_element_type)
+  return _scaled_matmul(a, b, preferred_element_type=out_dtype)

@@ -19,9 +19,9 @@ from jax.typing import ArrayLike
 import numpy as np
 
 from fp8jax.core import checks, codec, formats, kernel, layout, packing
-from fp8jax.quant import grouping, scales
+from fp8jax.quant import grouping, nvfp4, scales
 from fp8jax.quant.qarray import QArray
-from fp8jax.quant.spec import MX, Overflow, QuantSpec, Rounding, Static, Tensor
+from fp8jax.quant.spec import MX, NVFP4, Overflow, QuantSpec, Rounding, Static, Tensor
 
 # --- quantize / dequantize ---------------------------------------------------
 
@@ -53,7 +53,10 @@ def _encode_divided(x: jax.Array, dst: layout.BitLayout, scale: jax.Array, round
 def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
   fmt, kind, dst = spec.format, spec.kind, spec.format.bit_layout
   axes, block = spec.grouping(x.ndim)
-  if kind == Static.kind:
+  tensor_scale = None
+  if kind == NVFP4.kind:
+    bits, scale, tensor_scale = nvfp4.quantize_blocks(x, spec, key)
+  elif kind == Static.kind:
     bits = _encode_divided(x, dst, static_scale, spec.rounding, spec.overflow, key)
     scale = static_scale
   elif x.size == 0 and block is None:
@@ -62,11 +65,14 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
     scale = jnp.ones(spec.scale_shape(x.shape), jnp.float32)
   else:
     view, inner = grouping.grouped(x, axes, grouping.blocks_for(x.shape, axes, block))
-    amax = scales.abs_max_bits(view, inner, axis_name)
     if kind == MX.kind:
-      scale_kd = scales.mx_scale_codes(amax, fmt)
-      divisor = scales.scale_f32(scale_kd, kind)
+      # Every rule but OCP's floor takes NaN and infinities into the amax, as torchao does.
+      rule = spec.granularity.rule
+      amax = scales.abs_max_bits(view, inner, axis_name, finite=rule == "floor")
+      scale_kd = scales.mx_scale_codes(amax, fmt, rule)
+      divisor = scales.mx_divisor(scale_kd, rule)
     else:
+      amax = scales.abs_max_bits(view, inner, axis_name)
       scale_kd = divisor = scales.dynamic_scale(amax, fmt, spec.pow2, spec.margin)
     if kind == Tensor.kind:
       scale = scale_kd.reshape(())
@@ -80,17 +86,21 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
     bits = packing.pack_codes(bits)
   # Formats without NaN encode NaN as a zero: count them, so none vanish unseen.
   nan_count = None if fmt.has_nan else jnp.sum(jnp.isnan(x), dtype=jnp.int32)
-  return bits, scale, nan_count
+  return bits, scale, nan_count, tensor_scale
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "dtype", "odd"))
-def _dequantize(bits, scale, *, spec: QuantSpec, dtype, odd):
+def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
   if spec.pack:
     bits = packing.unpack_codes(bits, 2 * bits.shape[-1] - int(odd))
   if bits.size == 0:
     return jnp.zeros(bits.shape, dtype)
   src, kind = spec.format.bit_layout, spec.kind
-  scale = scales.scale_f32(scale, kind)
+  if kind == NVFP4.kind:
+    bits = nvfp4.decoded_codes(bits, spec)
+    scale = nvfp4.block_multipliers(scale, tensor_scale, spec)
+  else:
+    scale = scales.scale_f32(scale, kind)
   if kind == Static.kind:
     return codec.decode_array(bits, src, dtype, scale=scale)
   if kind == Tensor.kind:
@@ -111,7 +121,9 @@ def quantize(x: ArrayLike, fmt: QuantSpec | formats.FormatLike = "e4m3fn", *, sc
              axis: int | Sequence[int] = -1, block_size: int | Sequence[int] | None = None,
              pow2: bool = False, margin: int = 0, rounding: Rounding = "nearest",
              overflow: Overflow = "saturate", key: jax.Array | None = None,
-             pack: bool = False, axis_name: Any = None, scale: Any = None) -> QArray:
+             pack: bool = False, axis_name: Any = None, scale: Any = None,
+             scale_rounding: str | None = None, nvfp4_rule: str | None = None,
+             stacked: bool = False) -> QArray:
   """Quantizes `x` to a small float format with scales: `x ≈ decode(bits) * scale`.
 
   `quantize(x, spec)` takes everything from a `QuantSpec`; the keyword form
@@ -124,13 +136,16 @@ def quantize(x: ArrayLike, fmt: QuantSpec | formats.FormatLike = "e4m3fn", *, sc
       given), or the element format (name, `Format` or float8 dtype).
     scaling: "tensor" (one scale), "axis" (one scale per slice along `axis`),
       "block" (blocks of `block_size` along `axis`, or 2-D tiles), "mx" (OCP
-      MX: 32-element blocks along `axis`, e8m0fnu power-of-two scales), or a
+      MX: 32-element blocks along `axis`, e8m0fnu power-of-two scales),
+      "nvfp4" (e2m1fn only: 16-element blocks along `axis`, or 16x16 tiles,
+      with e4m3fn scales and a float32 tensor scale, by `nvfp4_rule`), or a
       static scale: a positive finite number or float32 array broadcastable
       to `x`, the multiplier that dequantizes.
     axis: the axis the groups run along (per axis, block, MX); for 2-D tiles
       a tuple of two axes (default: the last two).
     block_size: block length for "block": an int, or a tuple such as
       (128, 128) for tiles. Edges need not divide: the last block is short.
+      "mx" takes 32 only, "nvfp4" 16 or (16, 16).
     pow2: round each dynamic scale up to a power of two.
     margin: headroom: scale = amax / max * 2^margin (a non-negative int).
     rounding: "nearest", "toward_zero" or "stochastic" (needs `key`).
@@ -145,6 +160,12 @@ def quantize(x: ArrayLike, fmt: QuantSpec | formats.FormatLike = "e4m3fn", *, sc
       within a shard, so they take none. Not needed under `jax.jit`, where
       XLA inserts the reduction itself.
     scale: with a `Static` spec, the scale (as `scaling` in the keyword form).
+    scale_rounding: scaling="mx" only: the shared-exponent rule, "floor"
+      (OCP MX v1.0, the default), or torchao's "rceil", "ceil", "even".
+    nvfp4_rule: scaling="nvfp4" only, and required there: whose formulas to
+      reproduce, "torchao", "te", "modelopt" or "compressed-tensors".
+    stacked: scaling="nvfp4" only: one tensor scale per index of the axes
+      before the last two (stacked experts) instead of one.
 
   Returns:
     A `QArray`, carrying its spec with the axes resolved for `x`.
@@ -155,10 +176,14 @@ def quantize(x: ArrayLike, fmt: QuantSpec | formats.FormatLike = "e4m3fn", *, sc
     (2, 1)
     >>> quantize(jnp.ones((2, 64)), QuantSpec("e4m3fn", Block((32,)))).scale.shape
     (2, 2)
+    >>> q = quantize(jnp.ones((2, 64)), "e2m1fn", scaling="nvfp4", nvfp4_rule="te")
+    >>> q.scale.shape, q.tensor_scale
+    ((2, 4), Array(1., dtype=float32))
   """
   if isinstance(fmt, QuantSpec):
     if scaling != "tensor" or axis != -1 or block_size is not None or pow2 or margin or (
-        rounding != "nearest" or overflow != "saturate" or pack):
+        rounding != "nearest" or overflow != "saturate" or pack or stacked
+        or scale_rounding is not None or nvfp4_rule is not None):
       raise ValueError("quantize(x, spec) takes its options from the spec; pass either a "
                        "QuantSpec or keyword options, not both")
     return quantize_as(x, fmt, key, scale, "scale", axis_name)
@@ -166,8 +191,10 @@ def quantize(x: ArrayLike, fmt: QuantSpec | formats.FormatLike = "e4m3fn", *, sc
   if scale is not None:
     raise ValueError("scale= goes with a Static QuantSpec; in the keyword form the static "
                      "scale is scaling=")
-  spec = QuantSpec.from_options(fmt, scaling, axis=axis, block_size=block_size, pow2=pow2,
-                                margin=margin, rounding=rounding, overflow=overflow, pack=pack)
+  spec = QuantSpec.from_options(fmt, scaling, axis=axis, block_size=block_size,
+                                scale_rounding=scale_rounding, nvfp4_rule=nvfp4_rule,
+                                stacked=stacked, pow2=pow2, margin=margin, rounding=rounding,
+                                overflow=overflow, pack=pack)
   return quantize_as(x, spec, key, None if isinstance(scaling, str) else scaling, "scaling",
                      axis_name)
 
@@ -197,13 +224,17 @@ def quantize_as(x: Any, spec: QuantSpec, key: jax.Array | None, scale: Any, scal
                      "must lie within a shard and need no reduction across shards")
   if isinstance(axis_name, list):
     axis_name = tuple(axis_name)
-  bits, q_scale, nan_count = _quantize(x, key, scale, spec=spec, axis_name=axis_name)
+  bits, q_scale, nan_count, tensor_scale = _quantize(x, key, scale, spec=spec,
+                                                     axis_name=axis_name)
   return QArray(bits, q_scale, spec, np.dtype(x.dtype),
-                bool(spec.pack and x.shape[-1] % 2), nan_count)
+                bool(spec.pack and x.shape[-1] % 2), nan_count, tensor_scale)
 
 
 def dequantize(q: QArray, dtype: Any = jnp.bfloat16) -> jax.Array:
   """The values of a `QArray`: `decode(bits) * scale`, in float32, then `dtype`.
+
+  For NVFP4 the multiplier of each block combines its e4m3fn scale and the
+  tensor scale as the rule's stack does (`nvfp4.block_multipliers`).
 
   Args:
     q: a QArray from `quantize`.
@@ -219,4 +250,4 @@ def dequantize(q: QArray, dtype: Any = jnp.bfloat16) -> jax.Array:
   if not isinstance(q, QArray):
     raise TypeError(f"q must be a QArray (got {type(q).__name__})")
   out_dtype, _ = checks.target_layout(dtype, "dtype")
-  return _dequantize(q.bits, q.scale, spec=q.spec, dtype=out_dtype, odd=q.odd)
+  return _dequantize(q.bits, q.scale, q.tensor_scale, spec=q.spec, dtype=out_dtype, odd=q.odd)

@@ -1,4 +1,24 @@
-"""Scales from amaxes: the amax reduction, dynamic scales and MX shared exponents."""
+"""Scales from amaxes: the amax reduction, dynamic scales and MX shared exponents.
+
+MX shared exponents (`mx_scale_codes`), per rule, for an element format with
+largest normal exponent emax (8 e4m3fn, 15 e5m2, 2 e2m3fn, 4 e3m2fn, 2 e2m1fn)
+and mbits mantissa bits; amax is the block's largest |x|:
+
+| rule | code (e8m0, 2^(code - 127)) | amax of | encode divides by |
+| --- | --- | --- | --- |
+| floor (OCP MX v1.0) | clip(floor(log2 amax) - emax + 127, 0, 254); 127 if amax = 0 | finite values | 2^(code - 127) |
+| ceil (torchao CEIL) | clip(e + (mantissa != 0) - emax, -127, 128) + 127, e the biased exponent field - 127 | every value | 2^(code - 127), 2^-126 for code 0, inf for 255 |
+| even (torchao EVEN) | clip(e - emax, -127, 128) + 127, e the exponent of amax's bits + 2^(22 - mbits) (amax rounded half up to the element's precision) | every value | as ceil |
+| rceil (torchao RCEIL, cuBLAS) | clip(ceil(log2(amax / max)), -127, 127) + 127, the quotient rounded to float32 | every value | 2^(code - 127), 1 for code 0 |
+
+For ceil, even and rceil a NaN in the block gives code 255 (NaN); an
+infinity gives 255 - emax (ceil, even) or 254 (rceil); an all-zero block code
+0. The divisor quirks are torchao's: a code-0 block is encoded against 2^-126
+(ceil, even) or 1 (rceil) while its scale stands for 2^-127. rceil's ceiling
+is exact, as cuBLAS and cvt.rp.satfinite.ue8m0x2.f32 compute it; torchao's
+CPU fallback takes the ceiling of a float32 log2, which comes out one lower
+when amax / max lies a few float32 steps above a power of two far from 1.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +38,14 @@ from fp8jax.quant import grouping
 from fp8jax.quant.spec import MX
 
 
-def abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None) -> jax.Array:
+def abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None,
+                 finite: bool = True) -> jax.Array:
   """The largest finite magnitude per block, as float32, by integer max.
 
   Magnitude bit patterns order like the values, so an integer max is exact
   and immune to subnormal flushing; non-finite values count as 0. With
+  `finite=False` they count as themselves, as `torch.amax(torch.abs(x))`
+  does: any NaN gives NaN, else any infinity gives infinity. With
   `axis_name` (inside `shard_map`), the max also runs over those mesh axes.
   """
   src = layout.FLOAT_LAYOUTS[np.dtype(v.dtype)]
@@ -40,7 +63,8 @@ def abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None) -> jax.Ar
     v, inner = v.reshape(-1, _ROW), (0, 1)
   word = jnp.dtype(f"uint{src.bits}")
   u = lax.bitcast_convert_type(v, word) & word.type(src.magnitude_mask)
-  u = jnp.where(u < word.type(src.inf_magnitude), u, word.type(0))
+  if finite:
+    u = jnp.where(u < word.type(src.inf_magnitude), u, word.type(0))
   u = _fold_last(u, inner)
   if u.size:
     amax = grouping.reshape(jnp.max(u, axis=inner).astype(jnp.uint32), grid, grid_spec)
@@ -95,18 +119,56 @@ def dynamic_scale(amax: jax.Array, fmt: Format, pow2: bool, margin: int) -> jax.
 
 
 
-def mx_scale_codes(amax: jax.Array, fmt: Format) -> jax.Array:
-  """OCP MX v1.0 shared exponents as e8m0fnu codes.
+def mx_scale_codes(amax: jax.Array, fmt: Format, rule: str = "floor") -> jax.Array:
+  """MX shared exponents as e8m0fnu codes, by `rule` (the module's table).
 
-  X = 2^(floor(log2(amax)) - emax), emax being the exponent of the element
-  format's largest normal: the spec's choice, which keeps every element's
-  exponent in range and clamps (saturates) the few whose significand then
-  exceeds the element maximum. An all-zero block gets X = 1.
+  floor: X = 2^(floor(log2(amax)) - emax), emax being the exponent of the
+  element format's largest normal: the OCP MX v1.0 choice, which keeps every
+  element's exponent in range and clamps (saturates) the few whose
+  significand then exceeds the element maximum. An all-zero block gets X = 1.
+  The other rules are torchao's `to_mx` (ScaleCalculationMode), from the bits
+  of an amax that includes NaN and infinities.
   """
   emax = math.floor(math.log2(fmt.max))
-  e = f32.floor_log2(amax)
-  code = jnp.clip(e - emax + f32.BIAS, 0, 254)
-  return jnp.where(f32.is_positive(amax), code, f32.BIAS).astype(jnp.uint8)
+  if rule == "floor":
+    e = f32.floor_log2(amax)
+    code = jnp.clip(e - emax + f32.BIAS, 0, 254)
+    return jnp.where(f32.is_positive(amax), code, f32.BIAS).astype(jnp.uint8)
+  u = lax.bitcast_convert_type(amax, jnp.uint32)
+  if rule == "rceil":
+    # ceil(log2(amax / max)), the quotient correctly rounded in float32.
+    d = f32.div(amax, jnp.float32(fmt.max))
+    k = f32.floor_log2(d) + (~f32.is_pow2(d)).astype(jnp.int32)
+    code = jnp.clip(k, -f32.BIAS, f32.BIAS) + f32.BIAS
+    code = jnp.where(f32.is_positive(d), code, 0)
+    code = jnp.where(f32.is_inf(d), 254, code)
+  else:
+    if rule == "even":
+      # Round amax to the element's precision (ties away), then take the floor.
+      mant_bits = fmt.mantissa_bits
+      u = (u + jnp.uint32(1 << (f32.MANTISSA_BITS - mant_bits - 1))) & jnp.uint32(0x7F800000)
+    e = (u >> f32.MANTISSA_BITS).astype(jnp.int32) - f32.BIAS
+    if rule == "ceil":
+      e = e + ((u & jnp.uint32((1 << f32.MANTISSA_BITS) - 1)) != 0).astype(jnp.int32)
+    code = jnp.clip(e - emax, -f32.BIAS, f32.BIAS + 1) + f32.BIAS
+  return jnp.where(f32.is_nan(amax), 255, code).astype(jnp.uint8)
+
+
+def mx_divisor(codes: jax.Array, rule: str) -> jax.Array:
+  """The float32 number `rule` divides a block's values by before encoding.
+
+  2^(code - 127), except for torchao's quirks: ceil and even build the
+  divisor from the code's bits (code 255 is infinity) and clamp it to
+  2^-126; rceil multiplies by 2^(127 - code), by 1 for code 0, by 2^-127 for
+  code 254 and by NaN for code 255.
+  """
+  value = f32.from_e8m0(codes)
+  if rule == "floor":
+    return value
+  if rule == "rceil":
+    return jnp.where(codes == 0, jnp.float32(1), value)
+  value = jnp.where(codes == 255, jnp.float32(np.inf), value)
+  return jnp.where(codes == 0, jnp.float32(f32.TINY), value)
 
 
 def amax(x: ArrayLike, axis_name: Any = None) -> jax.Array:
@@ -142,6 +204,10 @@ def scale_from_amax(amax: ArrayLike, fmt: FormatLike = "e4m3fn", *, pow2: bool =
 
 
 def scale_f32(scale: jax.Array, kind: str) -> jax.Array:
-  """A QArray's scale as the float32 multiplier: MX scales are e8m0fnu codes."""
+  """A QArray's scale as the float32 multiplier: MX scales are e8m0fnu codes.
+
+  NVFP4 block scales (e4m3fn codes) need the tensor scale too:
+  `nvfp4.block_multipliers`.
+  """
   return f32.from_e8m0(scale) if kind == MX.kind else scale
 

@@ -15,6 +15,7 @@ Granularities, for an array of shape `[..., out, in]`:
 | `Block((B,))` | one per B values along the last axis | `[..., out, ceil(in/B)]` |
 | `Block((B, C))` | one per BxC tile of the last two axes | `[..., ceil(out/B), ceil(in/C)]` |
 | `MX()` | one e8m0fnu power of two per 32 values along `axis` | `[..., out, ceil(in/32)]` |
+| `NVFP4(rule)` | one e4m3fn scale per 16 values along `axis` (or 16x16 tile), one float32 per tensor | `[..., out, ceil(in/16)]` |
 | `Static(shape)` | given by the caller | `shape` |
 """
 
@@ -34,7 +35,14 @@ from fp8jax.core.kernel import Overflow, Rounding
 
 MX_BLOCK = 32
 MX_ELEMENTS = ("e4m3fn", "e5m2", "e2m3fn", "e3m2fn", "e2m1fn")
-MX_RULES = ("floor",)
+MX_RULES = ("floor", "rceil", "ceil", "even")
+"""MX shared-exponent rules: "floor" is OCP MX v1.0's; the others are torchao's
+ScaleCalculationMode RCEIL, CEIL and EVEN, edge rules included (see `scales`)."""
+
+NVFP4_BLOCK = 16
+NVFP4_ELEMENT = "e2m1fn"
+NVFP4_RULES = ("torchao", "te", "modelopt", "compressed-tensors")
+"""NVFP4 scale formulas, one per stack (`fp8jax.quant.nvfp4`)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -111,8 +119,16 @@ class MX:
 
   Attributes:
     axis: the axis the blocks run along.
-    rule: how the shared exponent is chosen: "floor", the OCP MX v1.0 rule
-      `floor(log2(amax)) - emax`.
+    rule: how the shared exponent is chosen: "floor" (default), the OCP MX
+      v1.0 rule `floor(log2(amax)) - emax`, with NaN and infinities left out
+      of the amax; or torchao's ScaleCalculationMode, bit for bit, edge rules
+      included: "rceil" (`ceil(log2(amax / max))`, as cuBLAS and
+      TransformerEngine compute it), "ceil" (`ceil(log2(amax)) - emax`),
+      "even" (amax rounded to the element's precision, then floor).
+
+  Example:
+    >>> QuantSpec("e4m3fn", MX(rule="rceil")).scale_shape((4, 64))
+    (4, 2)
   """
 
   axis: int = -1
@@ -126,6 +142,59 @@ class MX:
     if self.rule not in MX_RULES:
       raise ValueError(f"the MX rule must be one of {', '.join(map(repr, MX_RULES))} "
                        f"(got {self.rule!r})")
+
+
+def _nvfp4_block(block: Any) -> tuple[int, ...]:
+  sizes = tuple(block) if isinstance(block, (tuple, list)) else (block,)
+  if sizes not in ((NVFP4_BLOCK,), (NVFP4_BLOCK, NVFP4_BLOCK)):
+    raise ValueError(f"scaling='nvfp4' uses blocks of {NVFP4_BLOCK} or tiles of "
+                     f"{NVFP4_BLOCK}x{NVFP4_BLOCK} (got block_size={block!r})")
+  return tuple(int(b) for b in sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class NVFP4:
+  """NVFP4: E2M1 codes, an e4m3fn scale per 16 values, a float32 scale per tensor.
+
+  The stacks that make NVFP4 disagree on the scale formulas and none
+  reproduces another's bits; `rule` names the stack to reproduce
+  (`fp8jax.quant.nvfp4` gives each formula): "torchao", "te"
+  (TransformerEngine), "modelopt" (TensorRT Model Optimizer) or
+  "compressed-tensors" (llm-compressor, vLLM checkpoints).
+
+  Attributes:
+    rule: the stack whose formulas to follow.
+    axis: the axis 16-element blocks run along (1-D blocks).
+    block: 16 (1-D blocks along `axis`) or (16, 16): tiles of the last two
+      axes, TransformerEngine's NVFP4 weight recipe.
+    stacked: one tensor scale per index of the axes before the last two
+      (stacked experts, `[E, out, in]`) instead of one for the whole array.
+
+  Example:
+    >>> QuantSpec("e2m1fn", NVFP4("torchao")).scale_shape((4, 64))
+    (4, 4)
+    >>> QuantSpec("e2m1fn", NVFP4("te", stacked=True)).tensor_scale_shape((8, 4, 64))
+    (8,)
+  """
+
+  rule: str
+  axis: int = -1
+  block: tuple[int, ...] = (NVFP4_BLOCK,)
+  stacked: bool = False
+  kind: ClassVar[str] = "nvfp4"
+
+  def __post_init__(self):
+    if self.rule not in NVFP4_RULES:
+      raise ValueError(f"the NVFP4 rule must be one of {', '.join(map(repr, NVFP4_RULES))} "
+                       f"(got {self.rule!r})")
+    if not _is_int(self.axis):
+      raise TypeError(f"axis must be an int (got {type(self.axis).__name__})")
+    object.__setattr__(self, "axis", int(self.axis))
+    object.__setattr__(self, "block", _nvfp4_block(self.block))
+    if len(self.block) == 2 and self.axis != -1:
+      raise ValueError(f"NVFP4 {NVFP4_BLOCK}x{NVFP4_BLOCK} tiles cover the last two axes; "
+                       f"axis must be -1 (got {self.axis})")
+    object.__setattr__(self, "stacked", bool(self.stacked))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +212,11 @@ class Static:
     object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
 
 
-Granularity = Tensor | Axis | Block | MX | Static
-GRANULARITIES = (Tensor, Axis, Block, MX, Static)
+Granularity = Tensor | Axis | Block | MX | NVFP4 | Static
+GRANULARITIES = (Tensor, Axis, Block, MX, NVFP4, Static)
 KINDS = tuple(g.kind for g in GRANULARITIES if g is not Static)
 _SPELLING = re.compile(r"block:([1-9][0-9]*)(?:x([1-9][0-9]*))?")
+_MX_SPELLING = re.compile(r"mx:([a-z]+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +227,7 @@ class QuantSpec:
     format: the element format (a name, `Format` or float8 dtype; stored as
       a `Format`). Must be signed.
     granularity: `Tensor()`, `Axis(axis)`, `Block(sizes, axes)`, `MX(axis,
-      rule)` or `Static(shape)`.
+      rule)`, `NVFP4(rule, axis, block, stacked)` or `Static(shape)`.
     rounding: "nearest", "toward_zero" or "stochastic" (which needs a key).
     overflow: "saturate", "satfinite" or "ieee": what values beyond the
       range become (non-finite inputs, values over a static or MX scale).
@@ -183,8 +253,8 @@ class QuantSpec:
     f = get_format(self.format, "fmt")
     object.__setattr__(self, "format", f)
     if not isinstance(self.granularity, GRANULARITIES):
-      raise TypeError("granularity must be Tensor(), Axis(...), Block(...), MX(...) or "
-                      f"Static(...) (got {self.granularity!r})")
+      raise TypeError("granularity must be Tensor(), Axis(...), Block(...), MX(...), "
+                      f"NVFP4(...) or Static(...) (got {self.granularity!r})")
     checks.rounding_name(self.rounding)
     checks.overflow(self.overflow)
     if not _is_int(self.margin) or self.margin < 0:
@@ -204,12 +274,18 @@ class QuantSpec:
                          f"{', '.join(MX_ELEMENTS)} (got {f.name!r})")
       if self.pow2:
         raise ValueError("pow2 does not apply to scaling='mx': its scales are powers of two")
+    if kind == NVFP4.kind:
+      if f != FORMATS[NVFP4_ELEMENT]:
+        raise ValueError(f"scaling='nvfp4' needs fmt {NVFP4_ELEMENT!r} (got {f.name!r})")
+      if self.pow2 or self.margin:
+        raise ValueError("pow2 and margin do not apply to scaling='nvfp4': each rule fixes "
+                         "its scale formula")
     object.__setattr__(self, "pow2", bool(self.pow2))
     object.__setattr__(self, "pack", bool(self.pack))
 
   @property
   def kind(self) -> str:
-    """The granularity's name: "tensor", "axis", "block", "mx" or "static"."""
+    """The granularity's name: "tensor", "axis", "block", "mx", "nvfp4" or "static"."""
     return self.granularity.kind
 
   def grouping(self, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
@@ -224,6 +300,17 @@ class QuantSpec:
       return (_axis(g.axis, ndim),), None
     if isinstance(g, MX):
       return (_axis(g.axis, ndim),), (MX_BLOCK,)
+    if isinstance(g, NVFP4):
+      if len(g.block) == 2:
+        if ndim < 2:
+          raise ValueError(f"NVFP4 {NVFP4_BLOCK}x{NVFP4_BLOCK} tiles need x with at least "
+                           f"two axes (got {ndim}-D)")
+        return (-2, -1), g.block
+      axis = _axis(g.axis, ndim)
+      if g.stacked and axis < -2:
+        raise ValueError(f"stacked NVFP4 blocks run along one of the last two axes "
+                         f"(got axis {g.axis} of a {ndim}-D x)")
+      return (axis,), g.block
     if isinstance(g, Block):
       k = len(g.sizes)
       axes = g.axes if g.axes is not None else tuple(range(-k, 0))
@@ -242,6 +329,8 @@ class QuantSpec:
       g = Axis(axes[0])
     elif isinstance(g, MX):
       g = MX(axes[0], g.rule)
+    elif isinstance(g, NVFP4) and len(g.block) == 1:
+      g = NVFP4(g.rule, axes[0], g.block, g.stacked)
     elif isinstance(g, Block):
       g = Block(block, axes)
     return self if g == self.granularity else dataclasses.replace(self, granularity=g)
@@ -261,6 +350,22 @@ class QuantSpec:
       return g.shape
     return self.grid_shape(shape)
 
+  def tensor_scale_shape(self, shape: Sequence[int]) -> tuple[int, ...] | None:
+    """The shape of NVFP4's per-tensor scale (`QArray.tensor_scale`); None for the others.
+
+    `()`, or the axes before the last two for `NVFP4(..., stacked=True)`:
+    one scale per expert of an `[E, out, in]` array.
+
+    Example:
+      >>> QuantSpec("e2m1fn", NVFP4("torchao")).tensor_scale_shape((4, 64))
+      ()
+    """
+    g = self.granularity
+    if not isinstance(g, NVFP4):
+      return None
+    shape = tuple(int(n) for n in shape)
+    return shape[:-2] if g.stacked else ()
+
   def grid_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
     """The scales as a grid of the array's rank: 1 along an axis one group spans."""
     shape = tuple(int(n) for n in shape)
@@ -276,10 +381,17 @@ class QuantSpec:
     return tuple(math.ceil(n / sizes[d]) if d in sizes else n for d, n in enumerate(shape))
 
   def spelling(self) -> str:
-    """The command line's spelling of the granularity: "tensor", "axis", "block:BxC", "mx"."""
+    """The command line's spelling of the granularity: "tensor", "axis", "block:BxC", "mx",
+    "mx:RULE" (MX rules other than floor); NVFP4 is "nvfp4:RULE", which `parse` refuses
+    (the checkpoint layouts have no place for its per-tensor scale)."""
     g = self.granularity
     if isinstance(g, Block):
       return "block:" + "x".join(map(str, g.sizes))
+    if isinstance(g, MX) and g.rule != MX_RULES[0]:
+      return f"mx:{g.rule}"
+    if isinstance(g, NVFP4):
+      tile = "x".join(map(str, g.block))
+      return f"nvfp4:{g.rule}" + (f":{tile}" if len(g.block) == 2 else "")
     return g.kind
 
   @classmethod
@@ -288,26 +400,41 @@ class QuantSpec:
 
     Spellings: "tensor", "axis" (also "channel": per output channel, along
     the last axis), "block:B" (along the last axis), "block:BxC" (tiles of
-    the last two axes), "mx".
+    the last two axes), "mx", "mx:RULE" (RULE one of `MX_RULES`).
     """
+    mx = _MX_SPELLING.fullmatch(scaling) if isinstance(scaling, str) else None
     if scaling == "tensor":
       g: Granularity = Tensor()
     elif scaling in ("axis", "channel"):
       g = Axis(-1)
     elif scaling == "mx":
       g = MX()
+    elif mx is not None:
+      g = MX(rule=mx.group(1))
     else:
       m = _SPELLING.fullmatch(scaling) if isinstance(scaling, str) else None
       if m is None:
-        raise ValueError("scaling must be tensor, axis, block:B, block:BxC or mx, B and C "
-                         f"positive integers (got {scaling!r})")
+        raise ValueError("scaling must be tensor, axis, block:B, block:BxC, mx or mx:RULE, B "
+                         f"and C positive integers (got {scaling!r})")
       g = Block(tuple(int(s) for s in m.groups() if s is not None))
     return cls(fmt, g, **options)
 
   @classmethod
   def from_options(cls, fmt: FormatLike, scaling: Any = "tensor", *, axis: Any = -1,
-                   block_size: Any = None, **options: Any) -> QuantSpec:
-    """The spec of `quantize`'s keyword form; a static scale gives `Static(its shape)`."""
+                   block_size: Any = None, scale_rounding: str | None = None,
+                   nvfp4_rule: str | None = None, stacked: bool = False,
+                   **options: Any) -> QuantSpec:
+    """The spec of `quantize`'s keyword form; a static scale gives `Static(its shape)`.
+
+    `scale_rounding` (MX only) names the MX rule; `nvfp4_rule` (required with
+    scaling="nvfp4") and `stacked` go to `NVFP4`.
+    """
+    kind = scaling if isinstance(scaling, str) else Static.kind
+    if scale_rounding is not None and kind != MX.kind:
+      raise ValueError(f"scale_rounding applies to scaling='mx' (got scaling={scaling!r})")
+    if (nvfp4_rule is not None or stacked) and kind != NVFP4.kind:
+      name = "nvfp4_rule" if nvfp4_rule is not None else "stacked"
+      raise ValueError(f"{name} applies to scaling='nvfp4' (got scaling={scaling!r})")
     if not isinstance(scaling, str):
       return cls(fmt, Static(np.shape(scaling)), **options)
     if scaling not in KINDS:
@@ -318,7 +445,14 @@ class QuantSpec:
     if scaling == MX.kind:
       if block_size not in (None, MX_BLOCK):
         raise ValueError(f"scaling='mx' uses blocks of {MX_BLOCK} (got block_size={block_size!r})")
-      return cls(fmt, MX(axis), **options)
+      return cls(fmt, MX(axis, MX_RULES[0] if scale_rounding is None else scale_rounding),
+                 **options)
+    if scaling == NVFP4.kind:
+      if nvfp4_rule is None:
+        raise ValueError("scaling='nvfp4' needs nvfp4_rule=, one of "
+                         f"{', '.join(map(repr, NVFP4_RULES))}")
+      block = _nvfp4_block(NVFP4_BLOCK if block_size is None else block_size)
+      return cls(fmt, NVFP4(nvfp4_rule, axis, block, stacked), **options)
     if scaling == Axis.kind:
       if block_size is not None:
         raise ValueError("block_size applies to scaling='block' (got scaling='axis')")
