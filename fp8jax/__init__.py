@@ -17,69 +17,49 @@ The public API, by concept:
 Subpackages: `core` (bit layouts, formats, the kernel, the codec), `quant` (specs and
 scaled quantization), `ops` (matmul and training), `checkpoint` (safetensors
 checkpoints), `cli` (the `fp8jax` command); `legacy` holds the original API.
+
+Each public name is imported when first used (PEP 562), so that the command line can
+install its signal handlers before JAX loads; `import fp8jax` itself is cheap.
 """
 
-from fp8jax.core.codec import decode, encode
-from fp8jax.core.formats import (
-    FORMATS,
-    Format,
-    FormatLike,
-    format_for_mantissa,
-    get_format,
-    ieee_format,
-)
-from fp8jax.core.packing import pack_fp4, unpack_fp4
-from fp8jax.core.views import as_float8, from_float8
-from fp8jax.legacy import int32_to_bfloat16, round_to_fp8_represented_as_int8, undo_int8_fp8
-from fp8jax.ops.gemm import dot, matmul, scaled_matmul, scaled_matmul_operands
-from fp8jax.ops.training import Fp8DotState, Fp8Recipe, fp8_dot_general, fp8_dot_state, tied
-from fp8jax.quant.delayed import DelayedScaling, DelayedState
-from fp8jax.quant.fake import fake_quant
-from fp8jax.quant.qarray import QArray
-from fp8jax.quant.scaled import dequantize, quantize
-from fp8jax.quant.scales import amax, scale_from_amax
-from fp8jax.quant.spec import MX, NVFP4, Axis, Block, QuantSpec, Static, Tensor
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Where each public name lives.
+_HOMES = {
+    "fp8jax.core.codec": ("decode", "encode"),
+    "fp8jax.core.formats": ("FORMATS", "Format", "FormatLike", "format_for_mantissa",
+                            "get_format", "ieee_format"),
+    "fp8jax.core.packing": ("pack_fp4", "unpack_fp4"),
+    "fp8jax.core.views": ("as_float8", "from_float8"),
+    "fp8jax.legacy": ("int32_to_bfloat16", "round_to_fp8_represented_as_int8", "undo_int8_fp8"),
+    "fp8jax.ops.gemm": ("dot", "matmul", "scaled_matmul", "scaled_matmul_operands"),
+    "fp8jax.ops.training": ("Fp8DotState", "Fp8Recipe", "fp8_dot_general", "fp8_dot_state",
+                            "tied"),
+    "fp8jax.quant.delayed": ("DelayedScaling", "DelayedState"),
+    "fp8jax.quant.fake": ("fake_quant",),
+    "fp8jax.quant.qarray": ("QArray",),
+    "fp8jax.quant.scaled": ("dequantize", "quantize"),
+    "fp8jax.quant.scales": ("amax", "scale_from_amax"),
+    "fp8jax.quant.spec": ("MX", "NVFP4", "Axis", "Block", "QuantSpec", "Static", "Tensor"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __version__ = "0.1.0"
+__all__ = sorted(_HOME)
 
-__all__ = [
-    "MX",
-    "NVFP4",
-    "Axis",
-    "Block",
-    "DelayedScaling",
-    "DelayedState",
-    "FORMATS",
-    "Format",
-    "FormatLike",
-    "Fp8DotState",
-    "Fp8Recipe",
-    "QArray",
-    "QuantSpec",
-    "Static",
-    "Tensor",
-    "amax",
-    "as_float8",
-    "decode",
-    "dequantize",
-    "dot",
-    "encode",
-    "fake_quant",
-    "format_for_mantissa",
-    "fp8_dot_general",
-    "fp8_dot_state",
-    "from_float8",
-    "get_format",
-    "ieee_format",
-    "int32_to_bfloat16",
-    "matmul",
-    "pack_fp4",
-    "quantize",
-    "round_to_fp8_represented_as_int8",
-    "scale_from_amax",
-    "scaled_matmul",
-    "scaled_matmul_operands",
-    "tied",
-    "undo_int8_fp8",
-    "unpack_fp4",
-]
+
+def __getattr__(name: str) -> Any:
+  module = _HOME.get(name)
+  if module is None:
+    raise AttributeError(f"module 'fp8jax' has no attribute {name!r}")
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))
+

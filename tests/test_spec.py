@@ -157,3 +157,18 @@ def test_fake_quant_and_delayed_scaling_take_a_spec():
   np.testing.assert_array_equal(s1.scale, s2.scale)
   with pytest.raises(ValueError, match="per tensor"):
     ds.quantize(x, state, spec)
+
+
+def test_a_block_longer_than_its_axis_is_clipped_not_padded():
+  # 2^40 elements of padding would need terabytes; clipped, it is one block per axis.
+  x = _input((4, 6), seed=5)
+  huge = fp8jax.quantize(x, "e4m3fn", scaling="block", block_size=(1 << 20, 1 << 20))
+  whole = fp8jax.quantize(x, "e4m3fn", scaling="block", block_size=(4, 6))
+  np.testing.assert_array_equal(huge.bits, whole.bits)
+  np.testing.assert_array_equal(huge.scale, whole.scale)
+  assert huge.scale.shape == (1, 1)
+  np.testing.assert_array_equal(fp8jax.dequantize(huge, jnp.float32),
+                                fp8jax.dequantize(whole, jnp.float32))
+  lowered = jax.jit(lambda v: fp8jax.quantize(v, "e4m3fn", scaling="block",
+                                              block_size=4_000_000_000).bits).lower(x)
+  assert "4000000000" not in lowered.as_text()

@@ -110,6 +110,11 @@ def ignore() -> None:
     signal.signal(s, signal.SIG_IGN)
 
 
+def installed() -> bool:
+  """Whether `install()` is in force."""
+  return "unraisablehook" in _previous
+
+
 def received() -> int | None:
   """The signal caught since `install()`, or None."""
   return _received

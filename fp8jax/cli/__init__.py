@@ -1,5 +1,36 @@
-"""The fp8jax command: `commands` (arguments, exit status, errors), `progress`, `demo`."""
+"""The fp8jax command: `commands` (arguments, exit status, errors), `progress`, `demo`.
 
-from fp8jax.cli.commands import console, main
+`console` installs the signal handlers before anything heavy is imported, so
+that Ctrl-C or SIGTERM during start-up (importing JAX takes a while) also
+exits with one line and 130 / 143.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import os
+import sys
+
+from fp8jax.checkpoint import interrupts  # the standard library only
+
+
+def console() -> None:
+  """The `fp8jax` console script."""
+  interrupts.install()
+  try:
+    from fp8jax.cli import commands
+  except KeyboardInterrupt as e:
+    status = getattr(e, "exit_status", 130)
+    what = "terminated" if status == 143 else "interrupted"
+    print(f"fp8jax: {what}; nothing written", file=sys.stderr, flush=True)
+    os._exit(status)
+  commands.console()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command with `argv` (default: sys.argv[1:]); returns the exit status."""
+  from fp8jax.cli import commands
+  return commands.main(argv)
+
 
 __all__ = ["console", "main"]

@@ -283,14 +283,15 @@ def _interrupted(e: KeyboardInterrupt) -> int:
 
 
 def console() -> None:
-  """The console script's entry point: signal handlers first, then `main`.
+  """The console script, once `fp8jax.cli.console` has installed the signal handlers.
 
   Signals are ignored once `main` is done, so that the exit status is the
   run's. After a signal the process ends with `os._exit` once the output
   is flushed: Python's own shutdown can crash in native code (XLA's
   threads) after an interrupt, and there is nothing left to clean up.
   """
-  interrupts.install()
+  if not interrupts.installed():
+    interrupts.install()
   try:
     status = main()
   except KeyboardInterrupt as e:  # one that landed outside main's own handling

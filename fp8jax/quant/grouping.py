@@ -18,10 +18,14 @@ import jax.numpy as jnp
 
 
 def blocks_for(shape: Sequence[int], axes: tuple[int, ...], block: tuple[int, ...] | None):
-  """Block length per grouped axis: the given ones, or the whole axis."""
-  if block is not None:
-    return block
-  return tuple(max(shape[a], 1) for a in axes)
+  """Block length per grouped axis: the given ones, clipped to the axis, or the whole axis.
+
+  A block longer than its axis is one block spanning the axis either way;
+  clipped, it is never padded (a block of 2^30 on a 4x4 array would be).
+  """
+  if block is None:
+    return tuple(max(shape[a], 1) for a in axes)
+  return tuple(min(b, max(shape[a], 1)) for a, b in zip(axes, block, strict=True))
 
 
 def sharding_spec(x: jax.Array) -> tuple | None:
