@@ -350,3 +350,28 @@ def test_a_signal_after_out_is_in_place_lets_the_run_finish(model, monkeypatch, 
     # The next output in the same process (fp8jax demo writes two) is stopped by it.
     assert cli.main(["quantize", src, str(second), "-q"]) == 130
   assert fx.contents(str(out)) == new and _beside(out) == ["out"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_start_up_exits_with_one_line(model, tmp_path, signum):
+  # `import fp8jax` is cheap; the handlers are in place before JAX loads, so a
+  # signal while the command is still importing stops it like any other.
+  src = model[0]
+  out = tmp_path / "early" / "out"
+  os.makedirs(out.parent)
+  for delay in (0.05, 0.2, 0.5):
+    proc = subprocess.Popen([sys.executable, "-m", "fp8jax", "quantize", src, str(out), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+      time.sleep(delay)
+      proc.send_signal(signum)
+      _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.returncode == 0:
+      continue  # finished before the signal: nothing to check at this delay
+    assert proc.returncode == 128 + signum, err
+    assert len(err.strip().splitlines()) == 1 and "nothing written" in err, err
+    assert not out.exists() and _beside(out) == []

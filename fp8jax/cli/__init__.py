@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import os
+import signal
 import sys
 
 from fp8jax.checkpoint import interrupts  # the standard library only
@@ -17,13 +18,15 @@ from fp8jax.checkpoint import interrupts  # the standard library only
 def console() -> None:
   """The `fp8jax` console script."""
   interrupts.install()
-  try:
+  # A signal during the imports is only recorded: raised inside an extension
+  # module's initialization, it would become that module's ImportError.
+  with interrupts.held():
     from fp8jax.cli import commands
-  except KeyboardInterrupt as e:
-    status = getattr(e, "exit_status", 130)
-    what = "terminated" if status == 143 else "interrupted"
+  signum = interrupts.received()
+  if signum is not None:
+    what = "terminated" if signum == signal.SIGTERM else "interrupted"
     print(f"fp8jax: {what}; nothing written", file=sys.stderr, flush=True)
-    os._exit(status)
+    os._exit(128 + signum)
   commands.console()
 
 
