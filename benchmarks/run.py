@@ -96,11 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     runs.append(measure.run_once(sizes, modes, impls, timing, log))
     if args.repeat_run > 1:
       print(f"# run {k + 1} of {args.repeat_run}\n"
-            + report.ratio_table(runs[-1]["ratios"]) + "\n")
+            + report.ratio_table(runs[-1]["ratios"] + runs[-1]["floor_targets"]) + "\n")
   summary = report.summarize_runs(runs)
+  floor_summary = report.summarize_runs(runs, "floor_targets")
   print(report.report(runs[-1], names))
   if args.repeat_run > 1:
-    print("\n" + report.summary_table(summary))
+    print("\n" + report.summary_table(summary + floor_summary))
   mismatches = report.mismatches(runs)
   if mismatches:
     print("\n!!! BIT MISMATCHES (the timings above compare different results):\n  "
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
   json_path = os.path.join(args.out, stem + ".json")
   png_path = os.path.join(args.out, stem + ".png")
   result = report.result(env, sizes, modes, timing, time.perf_counter() - wall, impls,
-                         skipped, runs, summary)
+                         skipped, runs, summary, floor_summary)
   common.write_json(json_path, result, indent=1, ensure_ascii=False)
   why = plot.plot(runs[-1], names, png_path, plot.figure_title(env))
   log(f"wrote {json_path}" + (f" and {png_path}" if why is None else f"; no plot: {why}"))

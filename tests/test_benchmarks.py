@@ -22,7 +22,7 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "run.py")
 JAX_NAMES = [
     "encode e4m3fn", "encode e5m2", "decode e4m3fn→bf16", "encode e4m3fn stochastic",
     "quantize tensor", "quantize axis", "quantize block128", "quantize mx",
-    "xla astype e4m3fn", "xla astype e5m2", "xla astype f8→bf16", "ml_dtypes astype e4m3fn",
+    "quantize mx rceil", "quantize mxfp4", "quantize nvfp4", "xla astype e4m3fn", "xla astype e5m2", "xla astype f8→bf16", "ml_dtypes astype e4m3fn",
     "memcpy floor (jax)", "narrowing copy floor (jax)", "memcpy floor (numpy)",
 ]
 TORCH_NAMES = [
@@ -88,6 +88,20 @@ def test_ratios_and_environment_are_recorded(quick_run):
   for key in ("jax", "jaxlib", "numpy", "ml_dtypes", "cpu_count", "device", "date", "command"):
     assert env[key], key
   assert "## ratios of median times" in stdout
+
+
+def test_mx_nvfp4_floor_target_is_recorded(quick_run):
+  _, result, stdout = quick_run
+  key = "mx/nvfp4 quantize ≥ 0.5 floor (reused)"
+  entries = [e for e in result["runs"][0]["floor_targets"] if e["ratio"] == key]
+  assert {e["size"] for e in entries} == {"1K", "64K"}, entries
+  for e in entries:
+    assert e["mode"] == "reused" and e["target"] == ">= 0.5", e
+    assert set(e["fractions"]) == {"quantize mx", "quantize mx rceil", "quantize mxfp4",
+                                   "quantize nvfp4"}, e
+    assert e["value"] == min(e["fractions"].values()) > 0, e
+  assert {s["size"] for s in result["floor_target_summary"] if s["ratio"] == key} == {"1K", "64K"}
+  assert key in stdout
 
 
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed, so no plot is made")

@@ -22,8 +22,9 @@ CORRECTNESS = ["correctness", "torch_bridge", "sharding", "gemm"]
 OPERATIONS = [
     "encode e4m3fn", "encode e5m2", "encode e4m3fn stochastic", "decode e4m3fn->bf16",
     "decode e5m2->bf16", "quantize tensor", "quantize axis", "quantize block 1x128",
-    "quantize block 128x128", "quantize mx", "xla astype e4m3fn", "xla astype e5m2",
-    "xla astype e4m3fn->bf16", "xla astype e5m2->bf16", "copy floor",
+    "quantize block 128x128", "quantize mx", "quantize mx rceil", "quantize mxfp4",
+    "quantize nvfp4", "xla astype e4m3fn", "xla astype e5m2", "xla astype e4m3fn->bf16",
+    "xla astype e5m2->bf16", "copy floor",
 ]
 TORCH_OPERATIONS = ["torch .to(e4m3fn)", "torch .to(e5m2)", "torch e4m3fn .to(bf16)",
                     "torch e5m2 .to(bf16)"]

@@ -3,7 +3,8 @@
 Bytes counted per element are those that must move: a cast reads 2 (bf16) and writes 1
 (codes), 3 in all, and decode the reverse; per-tensor quantize reads the input twice (the
 amax must be known before the first code), 5; per-axis, block and MX quantize 3 plus
-their scales.
+their scales (FP4 codes are unpacked, one byte each); NVFP4 5 (its float32 tensor scale
+needs the tensor's amax first) plus its e4m3fn block scales and the tensor scale.
 
 The floor is the device's copy bandwidth, measured two ways on a buffer of 1.5 bytes per
 element (so that a copy moves the same 3 bytes per element as a cast): a jitted `jnp.copy`
@@ -28,7 +29,8 @@ COLS = 1024  # inputs are [n / 1024, 1024]: rows of 8 1x128 blocks, 128x128 tile
 # Operation names: the JSON, the plot and the test use these.
 OURS = ["encode e4m3fn", "encode e5m2", "encode e4m3fn stochastic", "decode e4m3fn->bf16",
         "decode e5m2->bf16", "quantize tensor", "quantize axis", "quantize block 1x128",
-        "quantize block 128x128", "quantize mx"]
+        "quantize block 128x128", "quantize mx", "quantize mx rceil", "quantize mxfp4",
+        "quantize nvfp4"]
 XLA_PEERS = ["xla astype e4m3fn", "xla astype e5m2", "xla astype e4m3fn->bf16",
              "xla astype e5m2->bf16"]
 TORCH_PEERS = ["torch .to(e4m3fn)", "torch .to(e5m2)", "torch e4m3fn .to(bf16)",
@@ -63,8 +65,9 @@ def bytes_moved(op: str, n: int) -> int:
   scales = {"quantize tensor": 4, "quantize axis": 4 * rows,
             "quantize block 1x128": 4 * (n // 128),
             "quantize block 128x128": 4 * (-(-rows // 128)) * (COLS // 128),
-            "quantize mx": n // 32}
-  if op == "quantize tensor":
+            "quantize mx": n // 32, "quantize mx rceil": n // 32, "quantize mxfp4": n // 32,
+            "quantize nvfp4": n // 16 + 4}
+  if op in ("quantize tensor", "quantize nvfp4"):
     return 5 * n + scales[op]
   return 3 * n + scales.get(op, 0)
 
@@ -94,6 +97,11 @@ def jax_ops(n: int, ctx: Context) -> dict[str, tuple[Any, tuple]]:
       "quantize block 128x128": (jax.jit(lambda v: q(v, "e4m3fn", scaling="block",
                                                      block_size=(128, 128))), (x,)),
       "quantize mx": (jax.jit(lambda v: q(v, "e4m3fn", scaling="mx")), (x,)),
+      "quantize mx rceil": (jax.jit(lambda v: q(v, "e4m3fn", scaling="mx",
+                                                scale_rounding="rceil")), (x,)),
+      "quantize mxfp4": (jax.jit(lambda v: q(v, "e2m1fn", scaling="mx")), (x,)),
+      "quantize nvfp4": (jax.jit(lambda v: q(v, "e2m1fn", scaling="nvfp4", nvfp4_rule="torchao",
+                                             block_size=16)), (x,)),
       "xla astype e4m3fn": (jax.jit(lambda v: v.astype(jnp.float8_e4m3fn)), (x,)),
       "xla astype e5m2": (jax.jit(lambda v: v.astype(jnp.float8_e5m2)), (x,)),
       "xla astype e4m3fn->bf16": (jax.jit(lambda f: f.astype(jnp.bfloat16)), (f4,)),

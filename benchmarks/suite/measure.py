@@ -119,4 +119,5 @@ def run_once(sizes: list[int], modes: list[str], impls: list[Impl], timing: Timi
     del d
     gc.collect()
   report.add_floor_fractions(rows)
-  return {"results": rows, "bit_identical": bit_identical, "ratios": report.ratios(rows)}
+  return {"results": rows, "bit_identical": bit_identical, "ratios": report.ratios(rows),
+          "floor_targets": report.floor_targets(rows)}

@@ -33,6 +33,7 @@ QUICK_SIZES = "1K,64K"
 MODES = ("fresh", "reused")
 _ROW = 1024          # the data's last axis: (n / 1024, 1024)
 _BLOCK = 128         # quantize block128: 1-D blocks along the last axis
+NVFP4_BLOCK = 16     # quantize nvfp4: 1x16 blocks along the last axis
 _SCALE = 100.0       # N(0, 1) * 100: about 1 value in 10^5 exceeds e4m3fn's 448
 _E4M3FN_MAX = 448.0
 _TORCHAO_EPS = 1e-12  # torchao's floor on amax before dividing
@@ -186,14 +187,24 @@ _ENC_E5M2_INTO = _donating(lambda x: fp8jax.encode(x, "e5m2"))
 _ENC_SR_INTO = jax.jit(
     lambda x, key, out: fp8jax.encode(x, "e4m3fn", rounding="stochastic", key=key),
     donate_argnums=2, keep_unused=True)
-_QUANTIZE = {
-    "quantize tensor": {"scaling": "tensor"},
-    "quantize axis": {"scaling": "axis", "axis": -1},
-    "quantize block128": {"scaling": "block", "block_size": _BLOCK},
-    "quantize mx": {"scaling": "mx"},
+# name: (element format, quantize's keywords, what it is). The codes are one per byte
+# (FP4 unpacked), so every case writes n code bytes, as a cast does.
+_QUANTIZE: dict[str, tuple[str, dict[str, Any], str]] = {
+    "quantize tensor": ("e4m3fn", {"scaling": "tensor"}, "e4m3fn"),
+    "quantize axis": ("e4m3fn", {"scaling": "axis", "axis": -1}, "e4m3fn"),
+    "quantize block128": ("e4m3fn", {"scaling": "block", "block_size": _BLOCK}, "e4m3fn"),
+    "quantize mx": ("e4m3fn", {"scaling": "mx"}, "e4m3fn"),
+    "quantize mx rceil": ("e4m3fn", {"scaling": "mx", "scale_rounding": "rceil"},
+                          "e4m3fn, MX with scale_rounding='rceil'"),
+    "quantize mxfp4": ("e2m1fn", {"scaling": "mx"},
+                       "e2m1fn (unpacked), MX with scale_rounding='floor'"),
+    "quantize nvfp4": ("e2m1fn", {"scaling": "nvfp4", "nvfp4_rule": "torchao",
+                                  "block_size": NVFP4_BLOCK},
+                       "e2m1fn (unpacked), NVFP4 torchao rule, 1x16 blocks along the last "
+                       "axis, counted as per-tensor scaling (the tensor amax comes first)"),
 }
-_QUANTIZE_INTO = {name: _donating(lambda x, kw=kw: fp8jax.quantize(x, "e4m3fn", **kw))
-                  for name, kw in _QUANTIZE.items()}
+_QUANTIZE_INTO = {name: _donating(lambda x, fmt=fmt, kw=kw: fp8jax.quantize(x, fmt, **kw))
+                  for name, (fmt, kw, _) in _QUANTIZE.items()}
 
 # XLA's native converts.
 _XLA = {
@@ -368,14 +379,16 @@ def _interop_reused(d: Data) -> Step:
 
 
 def _quantize_impl(name: str) -> Impl:
-  kw = _QUANTIZE[name]
+  fmt, kw, what = _QUANTIZE[name]
   into = _QUANTIZE_INTO[name]
-  nbytes = TENSOR_SCALING_BYTES if kw["scaling"] == "tensor" else CAST_BYTES
+  # A tensor amax (per-tensor scaling, NVFP4's tensor scale) must be known before the
+  # first code is written: the input is read twice.
+  nbytes = (TENSOR_SCALING_BYTES if kw["scaling"] in ("tensor", "nvfp4") else CAST_BYTES)
   return Impl(name, "fp8jax", nbytes,
-              _jax_fresh(lambda d: lambda: fp8jax.quantize(d.x, "e4m3fn", **kw)),
+              _jax_fresh(lambda d: lambda: fp8jax.quantize(d.x, fmt, **kw)),
               _jax_reused(lambda d: lambda o: into(d.x, o), _zeros(jnp.uint8),
                           leaf=lambda q: q.bits),
-              note="e4m3fn; reused: jit of quantize with the codes' buffer donated")
+              note=f"{what}; reused: jit of quantize with the codes' buffer donated")
 
 
 IMPLS: tuple[Impl, ...] = (
@@ -435,6 +448,8 @@ IMPLS: tuple[Impl, ...] = (
          _floor_numpy_reused, note="copy of 1.5 n bytes; reused: np.copyto"),
 )
 IMPL_NAMES = tuple(i.name for i in IMPLS)
+# The MX and NVFP4 quantize cases (the "mx/nvfp4 quantize" floor target's).
+MX_NVFP4_QUANTIZE = ("quantize mx", "quantize mx rceil", "quantize mxfp4", "quantize nvfp4")
 
 
 def selected(only: str | None) -> tuple[list[Impl], list[dict[str, str]]]:

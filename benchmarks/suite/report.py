@@ -23,6 +23,14 @@ RATIOS = (
     ("torchao recipe / quantize tensor", "torchao recipe", "quantize tensor", ">=", 2.0),
 )
 
+# (key, implementations, mode, floor, target): each implementation's fraction of `floor`
+# (its bytes at the floor's bandwidth in the same mode and size, over its time) must be
+# at least `target`; the entry's value is the smallest of them. For the CPU machine.
+FLOOR_TARGETS = (
+    ("mx/nvfp4 quantize ≥ 0.5 floor (reused)", registry.MX_NVFP4_QUANTIZE, "reused",
+     registry.JAX_FLOORS[1], 0.5),
+)
+
 # What the JSON's "notes" say.
 NOTES = (
     ("times in seconds; gb_per_s counts bytes read + written: 3 per element for casts "
@@ -33,6 +41,12 @@ NOTES = (
     ("ratios: time(numerator) / time(denominator); targets are for 64M elements on "
      "the CPU machine"),
     "first_call_s of runs after the first can hit the jit caches",
+    ("quantize mx rceil, mxfp4 (e2m1fn) and nvfp4 (e2m1fn, torchao rule, 1x16 blocks) "
+     "write unpacked codes, one byte each: 3 bytes per element for MX, 5 for NVFP4 (its "
+     "tensor scale needs the tensor's amax before the first code, as per-tensor quantize)"),
+    ("floor_targets: each listed implementation's bytes at the named floor's bandwidth "
+     "over its time, in the target's mode; the value is the smallest (worst), and "
+     "floor_target_summary gives its range over the runs"),
 )
 
 
@@ -68,12 +82,36 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return out
 
 
-def summarize_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Each ratio's min and max over repeated runs."""
+def floor_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Every FLOOR_TARGETS entry at each size where its floor and implementations ran.
+
+  An entry has the keys of a `ratios` one ("ratio" is the target's name), so that the
+  same tables and summaries show it; "fractions" gives each implementation's.
+  """
+  gbps = {(r["name"], r["mode"], r["size"]): r["gb_per_s"] for r in rows}
+  sizes = sorted({(r["size"], r["elements"]) for r in rows}, key=lambda k: k[1])
+  out = []
+  for key, names, mode, floor, target in FLOOR_TARGETS:
+    for size, _ in sizes:
+      bw = gbps.get((floor, mode, size))
+      fractions = {n: gbps[(n, mode, size)] / bw for n in names if (n, mode, size) in gbps}
+      if not bw or not fractions:
+        continue
+      worst = min(fractions, key=fractions.get)
+      value = fractions[worst]
+      out.append({"ratio": key, "numerator": worst, "denominator": floor, "mode": mode,
+                  "size": size, "value": value, "target": f">= {target}",
+                  "meets": value >= target, "fractions": fractions})
+  return out
+
+
+def summarize_runs(runs: list[dict[str, Any]], field: str = "ratios") -> list[dict[str, Any]]:
+  """Each ratio's (or, with field="floor_targets", each floor target's) min and max over
+  repeated runs."""
   acc: dict[tuple[str, str, str], list[float]] = {}
   meta = {}
   for run in runs:
-    for e in run["ratios"]:
+    for e in run.get(field, []):
       k = (e["ratio"], e["mode"], e["size"])
       acc.setdefault(k, []).append(e["value"])
       meta[k] = e["target"]
@@ -141,7 +179,7 @@ def report(run: dict[str, Any], impl_names: list[str]) -> str:
   parts.append("## first call (compile and one run for JAX; table build for the torch "
                "bridge's small sizes)\n" + _table(["implementation"] + [s for _, s in sizes],
                                                   body))
-  parts.append(ratio_table(run["ratios"]))
+  parts.append(ratio_table(run["ratios"] + run.get("floor_targets", [])))
   return "\n\n".join(parts)
 
 
@@ -151,7 +189,9 @@ def _ratio_grid(entries: list[dict[str, Any]], cell: Callable[[dict[str, Any]], 
                 key=lambda c: (c[0], registry.parse_size(c[2])))
   by = {(e["ratio"], e["mode"], e["size"]): e for e in entries}
   body = []
-  for key, _, _, op, target in RATIOS:
+  lines = ([(key, op, target) for key, _, _, op, target in RATIOS]
+           + [(key, ">=", target) for key, _, _, _, target in FLOOR_TARGETS])
+  for key, op, target in lines:
     if not any((key, m, s) in by for _, m, s in cols):
       continue
     cells = [key, f"{op} {target}"]
@@ -163,14 +203,17 @@ def _ratio_grid(entries: list[dict[str, Any]], cell: Callable[[dict[str, Any]], 
 
 
 def ratio_table(entries: list[dict[str, Any]]) -> str:
-  return ("## ratios of median times (targets are for 64M elements on the CPU machine; "
-          "✗ misses)\n" + _ratio_grid(
+  """The targets: ratios of median times, then floor targets (the worst fraction of the
+  named floor among their implementations)."""
+  return ("## ratios of median times and floor targets (targets are for 64M elements on "
+          "the CPU machine; ✗ misses)\n" + _ratio_grid(
               entries, lambda e: f"{e['value']:.2f}{'' if e['meets'] else ' ✗'}"))
 
 
 def summary_table(summary: list[dict[str, Any]]) -> str:
   runs = summary[0]["runs"] if summary else 0
-  return (f"## ratio ranges over {runs} runs (min–max; ✗: the target is missed in some run)\n"
+  return (f"## ratio and floor target ranges over {runs} runs (min–max; ✗: the target is "
+          f"missed in some run)\n"
           + _ratio_grid(summary, lambda e: f"{e['min']:.2f}–{e['max']:.2f}"
                         f"{'' if e['meets_in_every_run'] else ' ✗'}"))
 
@@ -198,7 +241,8 @@ def environment(argv: list[str]) -> dict[str, Any]:
 
 def result(env: dict[str, Any], sizes: list[int], modes: list[str], timing: Any,
            wall_s: float, impls: list[registry.Impl], skipped: list[dict[str, str]],
-           runs: list[dict[str, Any]], summary: list[dict[str, Any]]) -> dict[str, Any]:
+           runs: list[dict[str, Any]], summary: list[dict[str, Any]],
+           floor_summary: list[dict[str, Any]] | None = None) -> dict[str, Any]:
   """Everything a run writes to <platform>.json."""
   return {
       "environment": env, "sizes": [registry.size_label(n) for n in sizes], "modes": modes,
@@ -208,4 +252,9 @@ def result(env: dict[str, Any], sizes: list[int], modes: list[str], timing: Any,
            "modes": [m for m in modes if (i.fresh if m == "fresh" else i.reused)],
            "note": i.note} for i in impls],
       "skipped": skipped, "notes": list(NOTES), "runs": runs, "ratio_summary": summary,
+      "floor_target_summary": (summarize_runs(runs, "floor_targets") if floor_summary is None
+                               else floor_summary),
+      "floor_target_definitions": [{"target": key, "implementations": list(names), "mode": mode,
+                         "floor": floor, "min_fraction": target}
+                        for key, names, mode, floor, target in FLOOR_TARGETS],
       "bit_identical_all": not mismatches(runs)}
