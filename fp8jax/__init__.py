@@ -51,7 +51,12 @@ __version__ = "0.1.0"
 __all__ = sorted(_HOME)
 
 
+_SUBPACKAGES = ("core", "quant", "ops", "checkpoint", "cli", "legacy")
+
+
 def __getattr__(name: str) -> Any:
+  if name in _SUBPACKAGES:
+    return importlib.import_module(f"fp8jax.{name}")  # as after an eager import
   module = _HOME.get(name)
   if module is None:
     raise AttributeError(f"module 'fp8jax' has no attribute {name!r}")

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 import fp8jax
+from fp8jax.core import codec
+from fp8jax.quant import scaled, spec
 from tests import scaling_reference as ref
 from tests.conftest import DTYPES, assert_codes_equal, dtype_id
 
 F = fp8jax.FORMATS
 FORMATS = [f for f in F.values() if f.signed]  # every element format
-MX_FORMATS = [F[n] for n in fp8jax.quant.spec.MX_ELEMENTS]
+MX_FORMATS = [F[n] for n in spec.MX_ELEMENTS]
 
 LAYOUTS = [  # (id, quantize kwargs, reference arguments)
     ("tensor", dict(scaling="tensor"), dict(granularity="tensor")),
@@ -301,9 +303,9 @@ def test_large_per_tensor_casts_through_the_code_table_match_the_kernel(dtype, f
   # the kernel's direct per-element division.
   patterns = np.arange(1 << 16, dtype=np.uint16)
   x = jnp.asarray(np.random.default_rng(0).permutation(np.tile(patterns, 4)).view(dtype))
-  assert x.size >= fp8jax.quant.scaled._TABLE_MIN_SIZE
+  assert x.size >= scaled._TABLE_MIN_SIZE
   for q in (fp8jax.quantize(x, fmt, overflow=overflow),
             fp8jax.quantize(x, fmt, scaling=0.37, overflow=overflow)):
-    want = fp8jax.core.codec.encode_array(x, fmt.bit_layout, rounding="nearest", overflow=overflow,
+    want = codec.encode_array(x, fmt.bit_layout, rounding="nearest", overflow=overflow,
                                        scale=jnp.float32(q.scale), divide=True)
     np.testing.assert_array_equal(np.asarray(q.bits), np.asarray(want))

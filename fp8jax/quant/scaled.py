@@ -85,7 +85,7 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
   if spec.pack:
     bits = packing.pack_codes(bits)
   # Formats without NaN encode NaN as a zero: count them, so none vanish unseen.
-  nan_count = None if fmt.has_nan else jnp.sum(jnp.isnan(x), dtype=jnp.int32)
+  nan_count = None if fmt.has_nan else scales.nan_count(x)
   return bits, scale, nan_count, tensor_scale
 
 

