@@ -62,7 +62,7 @@ def check_quantized(path: str, tensors, layout: WeightLayout, quantized: set[str
       want = F8_TORCH.get(layout.fmt.name, torch.uint8)
       assert t.dtype == want, name
       scale = got[name + suffix]
-      assert scale.dtype == (torch.uint8 if layout.scaling == "mx" else torch.float32)
+      assert scale.dtype == (torch.uint8 if layout.spec.kind == "mx" else torch.float32)
       assert tuple(scale.shape) == layout.scale_shape(x.shape), name
       q = layout.quantize(jnp.asarray(x))
       np.testing.assert_array_equal(fx.to_numpy(t), np.asarray(q.bits), err_msg=name)
@@ -83,7 +83,7 @@ def check_round_trip(path: str, tensors, layout: WeightLayout, quantized: set[st
 
 @pytest.mark.parametrize("fmt,scaling", [
     ("e4m3fn", "tensor"), ("e4m3fn", "axis"), ("e5m2", "block:128"),
-    ("e4m3fn", "block:128x128"), ("e2m1fn", "mx"),
+    ("e4m3fn", "block:128x128"), ("e2m1fn", "mx"), ("e4m3fn", "mx:rceil"), ("e2m3fn", "mx:even"),
 ])
 def test_single_file_round_trip_is_the_library_bit_for_bit(single, tmp_path, fmt, scaling):
   src, tensors = single
