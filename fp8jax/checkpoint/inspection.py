@@ -4,15 +4,18 @@ quantized checkpoint holds; the log2|x| histogram plot.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+import dataclasses
 import fnmatch
+import functools
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.checkpoint import safetensors_io as st
+from fp8jax.checkpoint import chunks, interrupts, safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import atomic_write
 from fp8jax.checkpoint.metadata import QuantMetadata
@@ -22,8 +25,9 @@ from fp8jax.checkpoint.source import Checkpoint, open_checkpoint
 from fp8jax.checkpoint.stored import WeightLayout, signed_format
 from fp8jax.core.formats import FORMATS, Format
 from fp8jax.quant import stats
-from fp8jax.quant.scaled import quantize
-from fp8jax.quant.scales import amax
+from fp8jax.quant.qarray import QArray
+from fp8jax.quant.scaled import dequantize, quantize
+from fp8jax.quant.scales import amax, scale_from_amax
 from fp8jax.quant.spec import MX_ELEMENTS
 
 DEFAULT_FORMATS = ("e4m3fn", "e5m2")
@@ -36,22 +40,87 @@ def _matches(name: str, globs: Sequence[str]) -> bool:
   return not globs or any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
-def _rows(x, shape: tuple[int, ...], formats: Sequence[str],
-          scalings: Sequence[str]) -> Iterator[str]:
+def _combos(shape: tuple[int, ...], formats: Sequence[str],
+            scalings: Sequence[str]) -> list[tuple[str, str, WeightLayout | None]]:
+  """The rows of one tensor: format, scaling spelling and layout (None for a raw cast)."""
+  out = []
   for fmt in formats:
     for scaling in scalings:
       if scaling == "mx" and fmt not in MX_ELEMENTS:
         continue
       if scaling == "none":
-        q, spelling = quantize(x, fmt, scaling=1.0), scaling
+        out.append((fmt, scaling, None))
+        continue
+      layout = WeightLayout.parse(fmt, scaling)
+      if len(shape) < max(layout.min_ndim, 1 if scaling == "tensor" else 2):
+        continue  # per axis / block of a 0-D or 1-D tensor says nothing new
+      out.append((fmt, layout.scaling, layout))  # "channel" prints as "axis"
+  return out
+
+
+def _unit(shape: tuple[int, ...], combos) -> int:
+  """Rows per piece must be a multiple of every 2-D tile's rows (for a 2-D tensor)."""
+  unit = 1
+  for _, _, layout in combos:
+    block = layout.block if layout is not None else None
+    if block is not None and len(block) == 2 and len(shape) == 2:
+      unit = math.lcm(unit, block[0])
+  return unit
+
+
+@functools.partial(jax.jit, static_argnames=("one", "limit"))
+def _piece_stats(x: jax.Array, q: QArray, *, one: int, limit: float):
+  """What `stats.cast_stats` counts and sums, for one piece, in one pass."""
+  y = dequantize(q, jnp.float32)
+  # Each value's group scale, exactly: decode(code of 1.0) * scale = scale.
+  ones = jnp.full(q.bits.shape, one, jnp.uint8)
+  unit = dequantize(dataclasses.replace(q, bits=ones, odd=False), jnp.float32)
+  xf = x.astype(jnp.float32)
+  finite = jnp.isfinite(xf)
+  over = jnp.sum(finite & (jnp.abs(xf) > limit * unit), dtype=jnp.int32)
+  under = jnp.sum(finite & (xf != 0) & (y == 0), dtype=jnp.int32)
+  return over, under, chunks.sums(x, y)
+
+
+def _rows(f, t: TensorInfo, formats: Sequence[str], scalings: Sequence[str],
+          amax_line: Callable[[float], str]) -> Iterator[str]:
+  """The amax line and a row per format and scaling, reading `t` a piece at a time."""
+  combos = _combos(t.shape, formats, scalings)
+  pieces = chunks.split(t.shape, st.DTYPES[t.dtype].itemsize, _unit(t.shape, combos))
+  if pieces is None:
+    pieces = [chunks.Piece(0, t.shape, 0)]
+  read = (lambda p: jnp.asarray(st.read_part(f, t, p.start, p.shape)))
+  if len(pieces) == 1:
+    x = read(pieces[0])
+    top = float(amax(x))
+  else:
+    x = None
+    top = max(float(amax(read(p))) for p in pieces)
+  yield amax_line(top)
+  parts: list[list] = [[] for _ in combos]
+  for p in pieces:
+    interrupts.check()
+    if x is None or len(pieces) > 1:
+      x = read(p)
+    for (fmt, _, layout), acc in zip(combos, parts, strict=True):
+      if layout is None:
+        q = quantize(x, fmt, scaling=1.0)
+      elif layout.spec.kind == "tensor" and len(pieces) > 1:
+        scale = scale_from_amax(top, layout.fmt, pow2=layout.spec.pow2,
+                                margin=layout.spec.margin)
+        q = quantize(x, fmt, scaling=scale, overflow=layout.spec.overflow)
       else:
-        layout = WeightLayout.parse(fmt, scaling)
-        if len(shape) < max(layout.min_ndim, 1 if scaling == "tensor" else 2):
-          continue  # per axis / block of a 0-D or 1-D tensor says nothing new
-        q, spelling = layout.quantize(x), layout.scaling  # "channel" prints as "axis"
-      s = stats.cast_stats(x, q)
-      yield (f"    {fmt:<12s} {spelling:<14s} {s.overflow:>9.3%} {s.underflow:>10.3%} "
-             f"{s.sqnr_db:>8.2f}")
+        q = layout.quantize(x)
+      acc.append(_piece_stats(x, q, one=stats._one_code(q.fmt),
+                              limit=stats.overflow_threshold(q.fmt)))
+    x = None
+  n = max(math.prod(t.shape), 1)
+  for (fmt, spelling, _), acc in zip(combos, parts, strict=True):
+    got = jax.device_get(acc)
+    over = sum(int(a[0]) for a in got) / n
+    under = sum(int(a[1]) for a in got) / n
+    sqnr = chunks.sqnr_db([a[2] for a in got])
+    yield f"    {fmt:<12s} {spelling:<14s} {over:>9.3%} {under:>10.3%} {sqnr:>8.2f}"
 
 
 def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
@@ -122,15 +191,13 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
         if t.dtype not in st.FLOAT_TAGS:
           yield head + "  (not a bf16/f16/f32 tensor)"
           continue
-        x = jnp.asarray(st.read_tensor(f, t))
-        if x.size == 0:
+        if math.prod(t.shape) == 0:
           yield head + "  (empty)"
           continue
         if columns:
           yield columns  # once, above the first tensor with rows
           columns = ""
-        yield head + f"  amax {float(amax(x)):.6g}"
-        yield from _rows(x, t.shape, formats, scalings)
+        yield from _rows(f, t, formats, scalings, lambda top, head=head: f"{head}  amax {top:.6g}")
 
 
 def _describe_quantized(f, scale_info: TensorInfo, dtype: str, meta: QuantMetadata) -> str:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.checkpoint import hf_config, interrupts, safetensors_io as st
+from fp8jax.checkpoint import chunks, hf_config, interrupts, safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import write_json
 from fp8jax.checkpoint.metadata import KEY, QuantizedTensor, QuantMetadata
@@ -41,8 +41,9 @@ from fp8jax.checkpoint.selection import Selection
 from fp8jax.checkpoint.source import CONFIG, Checkpoint, open_checkpoint
 from fp8jax.checkpoint.stored import WeightLayout
 from fp8jax.core.layout import FLOATS
-from fp8jax.quant import stats
-from fp8jax.quant.scaled import dequantize
+from fp8jax.quant.qarray import QArray
+from fp8jax.quant.scaled import dequantize, quantize
+from fp8jax.quant.scales import amax, scale_from_amax
 
 ROUNDINGS = ("nearest", "stochastic")
 """The roundings a checkpoint can be quantized with."""
@@ -291,16 +292,68 @@ def _tensor_key(seed: int, name: str) -> jax.Array:
 
 def quantize_tensor(f: BinaryIO, t: TensorInfo, writer: st.Writer, layout: WeightLayout,
                     scale_name: str, rounding: str, seed: int | None) -> TensorReport:
-  """Reads one weight, writes its codes and its scale (named `scale_name`), reports the SQNR."""
-  x = jnp.asarray(st.read_tensor(f, t))
+  """Reads one weight, writes its codes and its scale (named `scale_name`), reports the SQNR.
+
+  A large weight is read, quantized and written in pieces of rows (`chunks`),
+  which give the same codes and scale as the whole weight at once: per
+  tensor, a first pass takes the amax, and each piece is then encoded with
+  the scale of that amax. Stochastic rounding draws each element's bits
+  from its index in the whole weight, so such weights are done whole.
+  """
   key = _tensor_key(seed, t.name) if rounding == "stochastic" else None
-  q = layout.quantize(x, rounding=rounding, key=key)
-  bits, scale = np.asarray(q.bits), np.asarray(q.scale)
-  writer.write(t.name, bits)
-  writer.write(scale_name, scale)
-  sqnr = stats.sqnr_db(x, dequantize(q, jnp.float32))
+  pieces = _pieces(t, layout) if key is None else None
+  sums: list[tuple[jax.Array, ...]] = []
+  nbytes = 0
+  if pieces is None:
+    x = jnp.asarray(st.read_tensor(f, t))
+    q = layout.quantize(x, rounding=rounding, key=key)
+    bits, scale = np.asarray(q.bits), np.asarray(q.scale)
+    writer.write(t.name, bits)
+    writer.write(scale_name, scale)
+    sums.append(_sqnr_sums(x, q))
+    nbytes = bits.nbytes + scale.nbytes
+  else:
+    static = None
+    if layout.spec.kind == "tensor":
+      top = max(float(amax(jnp.asarray(st.read_part(f, t, p.start, p.shape)))) for p in pieces)
+      static = scale_from_amax(top, layout.fmt, pow2=layout.spec.pow2, margin=layout.spec.margin)
+    for p in pieces:
+      interrupts.check()
+      x = jnp.asarray(st.read_part(f, t, p.start, p.shape))
+      if static is None:
+        q = layout.quantize(x)
+      else:
+        q = quantize(x, layout.fmt, scaling=static, overflow=layout.spec.overflow)
+      bits = np.asarray(q.bits)
+      writer.write_part(t.name, bits)
+      nbytes += bits.nbytes
+      if static is None:
+        scale = np.asarray(q.scale)
+        writer.write_part(scale_name, scale)
+        nbytes += scale.nbytes
+      sums.append(_sqnr_sums(x, q))
+      del x, q, bits
+    if static is not None:
+      scale = np.asarray(static)
+      writer.write(scale_name, scale)
+      nbytes += scale.nbytes
   return TensorReport(t.name, t.dtype, t.shape, f"quantized {layout.describe()}", t.nbytes,
-                      bits.nbytes + scale.nbytes, sqnr)
+                      nbytes, chunks.sqnr_db(sums))
+
+
+def _pieces(t: TensorInfo, layout: WeightLayout) -> list[chunks.Piece] | None:
+  """The pieces `t` is quantized in with `layout` (None: whole)."""
+  block = layout.block
+  if len(t.shape) < 2 and layout.spec.kind != "tensor":
+    return None  # a 1-D weight's one group per axis, or its blocks: whole
+  unit = block[0] if block is not None and len(block) == 2 and len(t.shape) == 2 else 1
+  return chunks.split(t.shape, st.DTYPES[t.dtype].itemsize, unit)
+
+
+@jax.jit
+def _sqnr_sums(x: jax.Array, q: QArray) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`chunks.sums` of `x` and its round trip, in one pass."""
+  return chunks.sums(x, dequantize(q, jnp.float32))
 
 
 # --- dequantize --------------------------------------------------------------
@@ -406,10 +459,36 @@ def _plan_dequantize(ckpt: Checkpoint, dtype: str | None) -> _Dequantize:
 
 def dequantize_tensor(f: BinaryIO, t: TensorInfo, scale: TensorInfo, writer: st.Writer,
                       layout: WeightLayout, dtype: str, target: str) -> TensorReport:
-  """Reads one quantized weight (original dtype tag `dtype`) and its scale; writes it as `target`."""
-  bits, scale_values = st.read_tensor(f, t), st.read_tensor(f, scale)
-  q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale_values), st.DTYPES[dtype])
-  values = np.asarray(dequantize(q, st.DTYPES[target]))
-  writer.write(t.name, values)
+  """Reads one quantized weight (original dtype tag `dtype`) and its scale; writes it as `target`.
+
+  A large weight goes in pieces of rows, each with the rows of the scale it
+  needs, as `quantize_tensor` wrote it.
+  """
+  block = layout.block
+  tiles = block is not None and len(block) == 2 and len(t.shape) == 2
+  pieces = None
+  if len(t.shape) >= 2 or layout.spec.kind == "tensor":
+    pieces = chunks.split(t.shape, max(st.DTYPES[target].itemsize, 4), block[0] if tiles else 1)
+  if pieces is None:
+    bits, scale_values = st.read_tensor(f, t), st.read_tensor(f, scale)
+    q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale_values), st.DTYPES[dtype])
+    values = np.asarray(dequantize(q, st.DTYPES[target]))
+    writer.write(t.name, values)
+    return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target}",
+                        t.nbytes + scale.nbytes, values.nbytes)
+  whole_scale = st.read_tensor(f, scale) if layout.spec.kind == "tensor" else None
+  done = 0  # scale elements read so far
+  for p in pieces:
+    interrupts.check()
+    bits = st.read_part(f, t, p.start, p.shape)
+    if whole_scale is None:
+      shape = layout.scale_shape(p.shape)
+      scale_values = st.read_part(f, scale, done, shape)
+      done += math.prod(shape)
+    else:
+      scale_values = whole_scale
+    q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale_values), st.DTYPES[dtype])
+    writer.write_part(t.name, np.asarray(dequantize(q, st.DTYPES[target])))
+    del bits, q
   return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target}",
-                      t.nbytes + scale.nbytes, values.nbytes)
+                      t.nbytes + scale.nbytes, writer.nbytes(t.name))

@@ -247,6 +247,30 @@ def read_tensor(f: BinaryIO, info: TensorInfo) -> np.ndarray:
   return out
 
 
+def read_part(f: BinaryIO, info: TensorInfo, start: int, shape: tuple[int, ...]) -> np.ndarray:
+  """Reads `prod(shape)` consecutive elements of one tensor, from element `start` on.
+
+  Args:
+    f: the file, opened "rb".
+    info: the tensor's header entry.
+    start: the flat (row-major) index of the first element to read.
+    shape: the shape of the piece.
+
+  Returns:
+    A NumPy array of `shape` in the dtype of `DTYPES[info.dtype]`.
+  """
+  dtype = DTYPES[info.dtype]
+  out = np.empty(shape, dtype)
+  begin = info.start + start * dtype.itemsize
+  if begin + out.nbytes > info.end:
+    raise CheckpointError(f"tensor {info.name!r}: a read past its end")
+  f.seek(begin)
+  got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+  if got != out.nbytes:
+    raise CheckpointError(f"tensor {info.name!r}: truncated read ({got} of {out.nbytes} bytes)")
+  return out
+
+
 def copy_bytes(f: BinaryIO, info: TensorInfo, write) -> None:
   """Streams one tensor's raw bytes to `write`, in bounded chunks."""
   f.seek(info.start)
@@ -347,6 +371,7 @@ class Writer:
       self._slots[e.name] = (e, pos)
       pos += e.nbytes
     self._written: set[str] = set()
+    self._parts: dict[str, int] = {}  # bytes written so far of tensors written in parts
     self._file = AtomicFile(path, "wb")
     self._f = self._file.file
     try:
@@ -357,7 +382,7 @@ class Writer:
 
   def _seek(self, name: str, nbytes: int) -> None:
     slot = self._slots.get(name)
-    if slot is None or name in self._written:
+    if slot is None or name in self._written or name in self._parts:
       why = "not declared" if slot is None else "written twice"
       raise CheckpointError(f"{self.path}: tensor {name!r} {why}")
     entry, offset = slot
@@ -376,6 +401,37 @@ class Writer:
     data = np.ascontiguousarray(array)
     self._seek(name, data.nbytes)
     self._f.write(memoryview(data.reshape(-1).view(np.uint8)))
+
+  def write_part(self, name: str, array: np.ndarray) -> None:
+    """Writes the next piece of one tensor's values, in row-major order.
+
+    A tensor written in parts is complete once its pieces add up to its
+    bytes; pieces of different tensors may alternate.
+    """
+    slot = self._slots.get(name)
+    if slot is None or name in self._written:
+      why = "not declared" if slot is None else "written twice"
+      raise CheckpointError(f"{self.path}: tensor {name!r} {why}")
+    entry, offset = slot
+    data = np.ascontiguousarray(array)
+    done = self._parts.get(name, 0)
+    if data.dtype.itemsize != DTYPES[entry.dtype].itemsize:
+      raise CheckpointError(f"tensor {name!r}: {data.dtype} given, {entry.dtype} declared")
+    if done + data.nbytes > entry.nbytes:
+      raise CheckpointError(f"tensor {name!r}: {done + data.nbytes} bytes given, "
+                            f"{entry.dtype} {list(entry.shape)} needs {entry.nbytes}")
+    self._f.seek(offset + done)
+    self._f.write(memoryview(data.reshape(-1).view(np.uint8)))
+    done += data.nbytes
+    if done == entry.nbytes:
+      self._parts.pop(name, None)
+      self._written.add(name)
+    else:
+      self._parts[name] = done
+
+  def nbytes(self, name: str) -> int:
+    """The bytes of the declared tensor `name`."""
+    return self._slots[name][0].nbytes
 
   def copy(self, name: str, f: BinaryIO, info: TensorInfo) -> None:
     """Writes one tensor as the raw bytes of `info` in the open file `f`."""
