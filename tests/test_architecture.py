@@ -102,3 +102,27 @@ def test_no_module_shares_its_name_with_a_function_it_exports():
     mod = importlib.import_module(module)
     last = module.rsplit(".", 1)[-1]
     assert not callable(getattr(mod, last, None)) or module.endswith("__init__"), module
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_private_attribute_of_another_subpackage(module):
+  # `from fp8jax.quant import stats` then `stats._helper`: a private name all the same.
+  tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+  bound = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      for a in node.names:
+        target = _target(node.module, a.name)
+        if target in MODULES and target != node.module:
+          bound[a.asname or a.name] = target
+    elif isinstance(node, ast.Import):
+      for a in node.names:
+        if a.name in MODULES and a.asname:
+          bound[a.asname] = a.name
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        and node.value.id in bound and node.attr.startswith("_")
+        and not node.attr.startswith("__")):
+      target = bound[node.value.id]
+      assert _subpackage(target) == _subpackage(module), (
+          f"{module} uses {target}.{node.attr}, a private name of another subpackage")

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
-
-import jax
-import jax.numpy as jnp
 
 CHUNK_BYTES = 128 * 2**20
 """About how many input bytes one piece holds (tests lower it to exercise pieces)."""
@@ -49,41 +45,3 @@ def split(shape: tuple[int, ...], itemsize: int, unit: int = 1) -> list[Piece] |
     return None
   size = math.prod(rest)
   return [Piece(r, (min(step, rows - r), *rest), r * size) for r in range(0, rows, step)]
-
-
-
-@jax.jit
-def sums(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The largest finite |x|, and Σ(x/top)² and Σ((x - y)/top)² over the finite x.
-
-  As `fp8jax.quant.stats` sums them for the SQNR (normalized by the amax so
-  that the squares cannot overflow float32); `sqnr_db` adds up the pieces.
-  """
-  x = x.astype(jnp.float32)
-  finite = jnp.isfinite(x)
-  top = jnp.max(jnp.where(finite, jnp.abs(x), 0), initial=0)
-  top = jnp.where(top > 0, top, 1)
-  s = jnp.where(finite, x / top, 0)
-  d = jnp.where(finite, (x - y) / top, 0)
-  return top, jnp.sum(s * s), jnp.sum(d * d)
-
-
-def sqnr_db(parts: list[tuple[Any, Any, Any]]) -> float:
-  """The SQNR in dB from the pieces' `sums` (one host transfer for all)."""
-  if len(parts) == 1:
-    _, signal, noise = jax.device_get(parts[0])
-    return _db(float(signal), float(noise))
-  signal = noise = 0.0
-  for top, s, d in jax.device_get(parts):
-    w = float(top) ** 2
-    signal += float(s) * w
-    noise += float(d) * w
-  return _db(signal, noise)
-
-
-def _db(signal: float, noise: float) -> float:
-  if noise == 0:
-    return math.inf
-  if signal == 0:
-    return -math.inf
-  return 10 * math.log10(signal / noise)

@@ -79,7 +79,7 @@ def _piece_stats(x: jax.Array, q: QArray, *, one: int, limit: float):
   finite = jnp.isfinite(xf)
   over = jnp.sum(finite & (jnp.abs(xf) > limit * unit), dtype=jnp.int32)
   under = jnp.sum(finite & (xf != 0) & (y == 0), dtype=jnp.int32)
-  return over, under, chunks.sums(x, y)
+  return over, under, stats.sqnr_sums(x, y)
 
 
 def _rows(f, t: TensorInfo, formats: Sequence[str], scalings: Sequence[str],
@@ -111,7 +111,7 @@ def _rows(f, t: TensorInfo, formats: Sequence[str], scalings: Sequence[str],
         q = quantize(x, fmt, scaling=scale, overflow=layout.spec.overflow)
       else:
         q = layout.quantize(x)
-      acc.append(_piece_stats(x, q, one=stats._one_code(q.fmt),
+      acc.append(_piece_stats(x, q, one=stats.one_code(q.fmt),
                               limit=stats.overflow_threshold(q.fmt)))
     x = None
   n = max(math.prod(t.shape), 1)
@@ -119,7 +119,7 @@ def _rows(f, t: TensorInfo, formats: Sequence[str], scalings: Sequence[str],
     got = jax.device_get(acc)
     over = sum(int(a[0]) for a in got) / n
     under = sum(int(a[1]) for a in got) / n
-    sqnr = chunks.sqnr_db([a[2] for a in got])
+    sqnr = stats.sqnr_from_sums([a[2] for a in got])
     yield f"    {fmt:<12s} {spelling:<14s} {over:>9.3%} {under:>10.3%} {sqnr:>8.2f}"
 
 

@@ -41,6 +41,7 @@ from fp8jax.checkpoint.selection import Selection
 from fp8jax.checkpoint.source import CONFIG, Checkpoint, open_checkpoint
 from fp8jax.checkpoint.stored import WeightLayout
 from fp8jax.core.layout import FLOATS
+from fp8jax.quant import stats
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.scaled import dequantize, quantize
 from fp8jax.quant.scales import amax, scale_from_amax
@@ -338,7 +339,7 @@ def quantize_tensor(f: BinaryIO, t: TensorInfo, writer: st.Writer, layout: Weigh
       writer.write(scale_name, scale)
       nbytes += scale.nbytes
   return TensorReport(t.name, t.dtype, t.shape, f"quantized {layout.describe()}", t.nbytes,
-                      nbytes, chunks.sqnr_db(sums))
+                      nbytes, stats.sqnr_from_sums(sums))
 
 
 def _pieces(t: TensorInfo, layout: WeightLayout) -> list[chunks.Piece] | None:
@@ -352,8 +353,8 @@ def _pieces(t: TensorInfo, layout: WeightLayout) -> list[chunks.Piece] | None:
 
 @jax.jit
 def _sqnr_sums(x: jax.Array, q: QArray) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`chunks.sums` of `x` and its round trip, in one pass."""
-  return chunks.sums(x, dequantize(q, jnp.float32))
+  """`stats.sqnr_sums` of `x` and its round trip, in one pass."""
+  return stats.sqnr_sums(x, dequantize(q, jnp.float32))
 
 
 # --- dequantize --------------------------------------------------------------

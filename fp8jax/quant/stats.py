@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,15 +39,32 @@ class CastStats:
 
 
 @jax.jit
-def _sums(x: jax.Array, y: jax.Array):
+def sqnr_sums(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The SQNR's sums over the finite x: the largest |x|, Σ(x/top)² and Σ((x - y)/top)².
+
+  Normalized by the amax so that the squares cannot overflow float32; the
+  sums of the pieces of one tensor combine with `sqnr_from_sums`.
+  """
   x = x.astype(jnp.float32)
   finite = jnp.isfinite(x)
-  # Normalized by amax so that the squares cannot overflow float32.
   top = jnp.max(jnp.where(finite, jnp.abs(x), 0), initial=0)
   top = jnp.where(top > 0, top, 1)
   s = jnp.where(finite, x / top, 0)
-  d = jnp.where(finite, (x - y) / top, 0)
-  return jnp.sum(s * s), jnp.sum(d * d)
+  d = jnp.where(finite, (x - jnp.asarray(y, jnp.float32)) / top, 0)
+  return top, jnp.sum(s * s), jnp.sum(d * d)
+
+
+def sqnr_from_sums(parts: list[tuple[Any, Any, Any]]) -> float:
+  """The SQNR in dB of a tensor from its pieces' `sqnr_sums` (one host transfer for all)."""
+  if len(parts) == 1:
+    _, signal, noise = jax.device_get(parts[0])
+    return _db(float(signal), float(noise))
+  signal = noise = 0.0
+  for top, s, d in jax.device_get(parts):
+    w = float(top) ** 2
+    signal += float(s) * w
+    noise += float(d) * w
+  return _db(signal, noise)
 
 
 def _db(signal: float, noise: float) -> float:
@@ -64,8 +82,7 @@ def sqnr_db(x: jax.Array, y: jax.Array) -> float:
     >>> round(sqnr_db(jnp.array([1.0, 2.0]), jnp.array([1.0, 2.1])), 1)
     27.0
   """
-  signal, noise = _sums(x, jnp.asarray(y, jnp.float32))
-  return _db(float(signal), float(noise))
+  return sqnr_from_sums([sqnr_sums(x, jnp.asarray(y, jnp.float32))])
 
 
 @jax.jit
@@ -89,7 +106,7 @@ def cast_stats(x: jax.Array, q: QArray) -> CastStats:
   """
   y = dequantize(q, jnp.float32)
   # Each value's group scale, exactly: decode(code of 1.0) * scale = scale.
-  one = jnp.full(q.bits.shape, _one_code(q.fmt), jnp.uint8)
+  one = jnp.full(q.bits.shape, one_code(q.fmt), jnp.uint8)
   unit = dequantize(dataclasses.replace(q, bits=one, spec=dataclasses.replace(q.spec, pack=False),
                                          odd=False),
                              jnp.float32)
@@ -105,7 +122,8 @@ def overflow_threshold(fmt) -> float:
 
 
 @functools.cache
-def _one_code(fmt) -> int:
+def one_code(fmt) -> int:
+  """The code of 1.0 in `fmt` (its group scale times this code is the scale)."""
   for code in range(1 << fmt.bits):
     if fmt.value(code) == 1.0:
       return code
