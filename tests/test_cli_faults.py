@@ -225,14 +225,15 @@ def large(tmp_path_factory):
   return str(src), fx.contents(str(ref))
 
 
-def _signal_run(src: str, out, sig: int, delay: float) -> subprocess.CompletedProcess:
+def _signal_run(src: str, out, sig: int, delay: float,
+                after_stage: bool = True) -> subprocess.CompletedProcess:
   """Runs `fp8jax quantize` and sends `sig` `delay` seconds after its staging folder appears
-  (its handlers are installed by then; before, Python's import can swallow a signal)."""
+  (mid-conversion), or after the start with `after_stage=False` (during start-up)."""
   argv = [sys.executable, "-m", "fp8jax", "quantize", src, str(out), "-q", "--force"]
   p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
-    while not any(n.startswith(".out.") for n in os.listdir(out.parent)):
+    while after_stage and not any(n.startswith(".out.") for n in os.listdir(out.parent)):
       assert p.poll() is None and time.monotonic() < deadline, p.stderr
       time.sleep(0.002)
     time.sleep(delay)
@@ -360,16 +361,8 @@ def test_a_signal_during_start_up_exits_with_one_line(model, tmp_path, signum):
   out = tmp_path / "early" / "out"
   os.makedirs(out.parent)
   for delay in (0.05, 0.2, 0.5):
-    proc = subprocess.Popen([sys.executable, "-m", "fp8jax", "quantize", src, str(out), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-      time.sleep(delay)
-      proc.send_signal(signum)
-      _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    proc = _signal_run(src, out, signum, delay, after_stage=False)
+    err = proc.stderr
     if proc.returncode == 0:
       continue  # finished before the signal: nothing to check at this delay
     assert proc.returncode == 128 + signum, err
