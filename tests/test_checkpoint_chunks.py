@@ -43,7 +43,7 @@ def _run(monkeypatch, chunk: int, src: str, out: str, layout: WeightLayout, **kw
   monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk)
   sel = Selection(include=("d.*",)) if layout.spec.kind == "tensor" else None
   q, back = out + "-q.safetensors", out + "-back.safetensors"
-  summary = quantize_checkpoint(src, q, layout, selection=sel, force=True, **kw)
+  summary = quantize_checkpoint(src, q, layout, selection=sel, force=True, sqnr=True, **kw)
   dequantize_checkpoint(q, back, force=True)
   with open(q, "rb") as f, open(back, "rb") as g:
     return f.read(), g.read(), [t.sqnr_db for t in summary.tensors]

@@ -370,11 +370,30 @@ def test_console_script_runs_the_command(single, tmp_path):
   exe = shutil.which("fp8jax", path=os.path.dirname(sys.executable))
   cmd = [exe] if exe else [sys.executable, "-m", "fp8jax"]
   out = str(tmp_path / "q.safetensors")
-  r = subprocess.run(cmd + ["quantize", src, out], capture_output=True, text=True, timeout=120,
-                     check=False)
+  r = subprocess.run(cmd + ["quantize", src, out, "--sqnr"], capture_output=True, text=True,
+                     timeout=120, check=False)
   assert r.returncode == 0, r.stderr
   assert r.stdout.startswith("quantized 4 tensors, kept 7; "), r.stdout
   assert "worst SQNR" in r.stdout
+
+
+def test_sqnr_only_when_asked(single, tmp_path, capsys):
+  src, tensors = single
+  assert cli.main(["quantize", src, str(tmp_path / "a.safetensors"), "-v"]) == 0
+  plain = capsys.readouterr().out
+  assert "SQNR" not in plain
+  assert cli.main(["quantize", src, str(tmp_path / "b.safetensors"), "-v", "--sqnr"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  name = "model.layers.0.mlp.down_proj.weight"
+  line = next(x for x in lines if x.startswith(name + " "))
+  x = jnp.asarray(tensors[name])
+  y = np.asarray(fp8jax.dequantize(fp8jax.quantize(x, "e4m3fn"), jnp.float32), np.float64)
+  xs = np.asarray(x, np.float64)
+  want = 10 * np.log10(np.sum(xs**2) / np.sum((xs - y) ** 2))
+  assert float(line.split("SQNR")[1].split()[0]) == pytest.approx(want, abs=0.01)
+  assert "worst SQNR" in lines[-1]
+  # The same bytes either way.
+  assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
 
 
 class _Terminal(io.StringIO):

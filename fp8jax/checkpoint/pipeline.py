@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -39,6 +40,7 @@ from fp8jax.checkpoint.report import Summary, TensorReport
 from fp8jax.checkpoint.safetensors_io import Header, TensorInfo
 from fp8jax.checkpoint.selection import Selection
 from fp8jax.checkpoint.source import CONFIG, Checkpoint, open_checkpoint
+from fp8jax.checkpoint.staging import Staging
 from fp8jax.checkpoint.stored import WeightLayout
 from fp8jax.core.layout import FLOATS
 from fp8jax.quant import stats
@@ -66,8 +68,10 @@ class _Conversion(Protocol):
   def metadata(self, h: Header) -> dict[str, str]:
     """The output file's metadata."""
 
-  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer) -> TensorReport | None:
-    """Reads `t` from `f` and writes its outputs; None for a tensor written with another."""
+  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer,
+              staging: Staging) -> TensorReport | None:
+    """Reads `t` from `f` and writes its outputs (some may wait in `staging`); None for a
+    tensor written with another."""
 
   def config(self, config: dict[str, Any]) -> dict[str, Any]:
     """What a model folder's `config.json` becomes."""
@@ -121,16 +125,19 @@ def _write_file(h: Header, path: str, entries: list[st.Entry], metadata: dict[st
   On any error the partial file is removed. `final`: `path` is OUT itself.
   """
   writer = st.Writer(path, entries, metadata)
+  staging = Staging()
   try:
     with open(h.path, "rb") as f:
       for t in h.tensors:
         interrupts.check()
-        report = conversion.convert(f, t, writer)
+        report = conversion.convert(f, t, writer, staging)
         if report is not None:
           reports.append(report)
         if progress is not None:
           progress(t.name, t.nbytes)
+      staging.flush()
   except BaseException:
+    staging.discard()
     writer.abort()
     raise
   writer.close(final=final)
@@ -155,7 +162,7 @@ def _write_side_files(ckpt: Checkpoint, path: Callable[[str], str], weight_map: 
 def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
                         selection: Selection | None = None, rounding: str = "nearest",
                         seed: int | None = None, force: bool = False,
-                        progress: Progress | None = None) -> Summary:
+                        progress: Progress | None = None, sqnr: bool = False) -> Summary:
   """Quantizes a checkpoint's selected weights and writes the result to `out`.
 
   Args:
@@ -168,6 +175,8 @@ def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
       `fold_in(key(seed), crc32(name))`, independent of sharding and order.
     force: replace an existing `out`.
     progress: called after each tensor.
+    sqnr: report each weight's SQNR (a dequantize and a sum per weight, in
+      the same pass; it costs about as much time again as quantizing).
 
   Returns:
     The `Summary`.
@@ -206,7 +215,7 @@ def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
     raise CheckpointError(f"{src} is already quantized by fp8jax; dequantize it first")
   if ckpt.config is not None and "quantization_config" in ckpt.config:
     raise CheckpointError(f"{src}: config.json already has a quantization_config")
-  conversion = _plan_quantize(ckpt, layout, selection or Selection(), rounding, seed)
+  conversion = _plan_quantize(ckpt, layout, selection or Selection(), rounding, seed, sqnr)
   return _convert(ckpt, out, force, conversion, progress, start)
 
 
@@ -218,7 +227,7 @@ class _Quantize:
     layout: how the weights are stored.
     scales: each weight to quantize and its scale's name.
     kept: each other tensor and why it is kept.
-    rounding, seed: as `quantize_checkpoint` takes them.
+    rounding, seed, sqnr: as `quantize_checkpoint` takes them.
     ignored: the float weights with 2 or more dimensions left as they are.
   """
 
@@ -227,6 +236,7 @@ class _Quantize:
   kept: dict[str, str]
   rounding: str
   seed: int | None
+  sqnr: bool
   ignored: list[str]
   verb: ClassVar[str] = "quantized"
 
@@ -242,10 +252,11 @@ class _Quantize:
                                        for t in h.tensors if t.name in self.scales})
     return dict(h.metadata, **{KEY: meta.dump()})  # the input's own metadata is kept
 
-  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer) -> TensorReport:
+  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer,
+              staging: Staging) -> TensorReport:
     if t.name in self.scales:
-      return quantize_tensor(f, t, writer, self.layout, self.scales[t.name], self.rounding,
-                             self.seed)
+      return quantize_tensor(f, t, writer, staging, self.layout, self.scales[t.name],
+                             self.rounding, self.seed, self.sqnr)
     writer.copy(t.name, f, t)
     return TensorReport(t.name, t.dtype, t.shape, self.kept[t.name], t.nbytes, t.nbytes)
 
@@ -255,7 +266,7 @@ class _Quantize:
 
 
 def _plan_quantize(ckpt: Checkpoint, layout: WeightLayout, selection: Selection, rounding: str,
-                   seed: int | None) -> _Quantize:
+                   seed: int | None, sqnr: bool) -> _Quantize:
   """Decides what becomes of each tensor, checking everything that can be checked before writing."""
   all_names = {t.name for t in ckpt.tensors}
   selection.check_globs(sorted(all_names))
@@ -283,7 +294,7 @@ def _plan_quantize(ckpt: Checkpoint, layout: WeightLayout, selection: Selection,
   # Named in quantization_config, so that loaders keep these in high precision.
   ignored = [t.name for t in ckpt.tensors if t.name not in scales
              and t.dtype in st.FLOAT_TAGS and len(t.shape) >= 2]
-  return _Quantize(layout, scales, kept, rounding, seed, ignored)
+  return _Quantize(layout, scales, kept, rounding, seed, sqnr, ignored)
 
 
 def _tensor_key(seed: int, name: str) -> jax.Array:
@@ -291,55 +302,58 @@ def _tensor_key(seed: int, name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode("utf-8")))
 
 
-def quantize_tensor(f: BinaryIO, t: TensorInfo, writer: st.Writer, layout: WeightLayout,
-                    scale_name: str, rounding: str, seed: int | None) -> TensorReport:
-  """Reads one weight, writes its codes and its scale (named `scale_name`), reports the SQNR.
+def quantize_tensor(f: BinaryIO, t: TensorInfo, writer: st.Writer, staging: Staging,
+                    layout: WeightLayout, scale_name: str, rounding: str, seed: int | None,
+                    sqnr: bool) -> TensorReport:
+  """Reads one weight, writes its codes and its scale (named `scale_name`).
 
   A large weight is read, quantized and written in pieces of rows (`chunks`),
   which give the same codes and scale as the whole weight at once: per
   tensor, a first pass takes the amax, and each piece is then encoded with
   the scale of that amax. Stochastic rounding draws each element's bits
-  from its index in the whole weight, so such weights are done whole.
+  from its index in the whole weight, so such weights are done whole. The
+  writes run behind the computation (`staging`). `sqnr`: report the
+  round trip's SQNR (it waits for the weight's last piece).
   """
   key = _tensor_key(seed, t.name) if rounding == "stochastic" else None
   pieces = _pieces(t, layout) if key is None else None
-  sums: list[tuple[jax.Array, ...]] = []
-  nbytes = 0
-  if pieces is None:
-    x = jnp.asarray(st.read_tensor(f, t))
-    q = layout.quantize(x, rounding=rounding, key=key)
-    bits, scale = np.asarray(q.bits), np.asarray(q.scale)
-    writer.write(t.name, bits)
-    writer.write(scale_name, scale)
-    sums.append(_sqnr_sums(x, q))
-    nbytes = bits.nbytes + scale.nbytes
-  else:
-    static = None
-    if layout.spec.kind == "tensor":
-      top = max(float(amax(jnp.asarray(st.read_part(f, t, p.start, p.shape)))) for p in pieces)
-      static = scale_from_amax(top, layout.fmt, pow2=layout.spec.pow2, margin=layout.spec.margin)
+  whole = pieces is None
+  static = None
+  if layout.spec.kind == "tensor" and not whole:
+    top = 0.0
     for p in pieces:
       interrupts.check()
-      x = jnp.asarray(st.read_part(f, t, p.start, p.shape))
-      if static is None:
-        q = layout.quantize(x)
-      else:
-        q = quantize(x, layout.fmt, scaling=static, overflow=layout.spec.overflow)
-      bits = np.asarray(q.bits)
-      writer.write_part(t.name, bits)
-      nbytes += bits.nbytes
-      if static is None:
-        scale = np.asarray(q.scale)
-        writer.write_part(scale_name, scale)
-        nbytes += scale.nbytes
-      sums.append(_sqnr_sums(x, q))
-      del x, q, bits
-    if static is not None:
-      scale = np.asarray(static)
-      writer.write(scale_name, scale)
-      nbytes += scale.nbytes
+      top = max(top, float(_amax(staging.device(staging.read(f, t, p.start, p.shape)))))
+      staging.later(None)
+    static = scale_from_amax(top, layout.fmt, pow2=layout.spec.pow2, margin=layout.spec.margin)
+  sums: list[tuple[jax.Array, ...]] = []
+  for p in pieces or [chunks.Piece(0, t.shape, 0)]:
+    interrupts.check()
+    x = staging.device(staging.read(f, t, p.start, p.shape))
+    q, s = _quantize_step(x, key, static, layout=layout, rounding=rounding, sqnr=sqnr)
+    del x  # from here on, its buffer may be refilled
+    if sqnr:
+      sums.append(s)
+    staging.later(functools.partial(_write_codes, writer, t.name, scale_name, q, s, whole,
+                                    static is None))
+  if static is not None:
+    writer.write(scale_name, np.asarray(static))
+  nbytes = writer.nbytes(t.name) + writer.nbytes(scale_name)
   return TensorReport(t.name, t.dtype, t.shape, f"quantized {layout.describe()}", t.nbytes,
-                      nbytes, stats.sqnr_from_sums(sums))
+                      nbytes, stats.sqnr_from_sums(sums) if sqnr else None)
+
+
+def _write_codes(writer: st.Writer, name: str, scale_name: str, q: QArray, sums: Any,
+                 whole: bool, with_scale: bool) -> None:
+  """Writes a weight's (or a piece's) codes and, `with_scale`, its scale."""
+  jax.block_until_ready((q, sums))  # every output of the step, before its input is refilled
+  if whole:
+    writer.write(name, np.asarray(q.bits))
+    writer.write(scale_name, np.asarray(q.scale))
+    return
+  writer.write_part(name, np.asarray(q.bits))
+  if with_scale:
+    writer.write_part(scale_name, np.asarray(q.scale))
 
 
 def _pieces(t: TensorInfo, layout: WeightLayout) -> list[chunks.Piece] | None:
@@ -351,10 +365,21 @@ def _pieces(t: TensorInfo, layout: WeightLayout) -> list[chunks.Piece] | None:
   return chunks.split(t.shape, st.DTYPES[t.dtype].itemsize, unit)
 
 
-@jax.jit
-def _sqnr_sums(x: jax.Array, q: QArray) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`stats.sqnr_sums` of `x` and its round trip, in one pass."""
-  return stats.sqnr_sums(x, dequantize(q, jnp.float32))
+_amax = jax.jit(amax)
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "rounding", "sqnr"))
+def _quantize_step(x: jax.Array, key: jax.Array | None, static: jax.Array | None, *,
+                   layout: WeightLayout, rounding: str, sqnr: bool) -> tuple[QArray, Any]:
+  """One piece's codes and scale (with the `static` scale when given) and its SQNR sums.
+
+  One computation, so that it runs while the previous piece is written.
+  """
+  if static is None:
+    q = layout.quantize(x, rounding=rounding, key=key)
+  else:
+    q = quantize(x, layout.fmt, scaling=static, overflow=layout.spec.overflow)
+  return q, stats.sqnr_sums(x, dequantize(q, jnp.float32)) if sqnr else None
 
 
 # --- dequantize --------------------------------------------------------------
@@ -424,14 +449,16 @@ class _Dequantize:
   def metadata(self, h: Header) -> dict[str, str]:
     return {k: v for k, v in h.metadata.items() if k != KEY}
 
-  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer) -> TensorReport | None:
+  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer,
+              staging: Staging) -> TensorReport | None:
     if t.name in self.scales:
       return None  # read with its weight
     if t.name not in self.weights:
       writer.copy(t.name, f, t)
       return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
     entry, scale = self.weights[t.name]
-    return dequantize_tensor(f, t, scale, writer, self.layout, entry.dtype, self.targets[t.name])
+    return dequantize_tensor(f, t, scale, writer, staging, self.layout, entry.dtype,
+                             self.targets[t.name])
 
   def config(self, config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "quantization_config"}
@@ -459,37 +486,43 @@ def _plan_dequantize(ckpt: Checkpoint, dtype: str | None) -> _Dequantize:
 
 
 def dequantize_tensor(f: BinaryIO, t: TensorInfo, scale: TensorInfo, writer: st.Writer,
-                      layout: WeightLayout, dtype: str, target: str) -> TensorReport:
+                      staging: Staging, layout: WeightLayout, dtype: str,
+                      target: str) -> TensorReport:
   """Reads one quantized weight (original dtype tag `dtype`) and its scale; writes it as `target`.
 
   A large weight goes in pieces of rows, each with the rows of the scale it
-  needs, as `quantize_tensor` wrote it.
+  needs, as `quantize_tensor` wrote it; the writes run behind (`staging`).
   """
   block = layout.block
   tiles = block is not None and len(block) == 2 and len(t.shape) == 2
   pieces = None
   if len(t.shape) >= 2 or layout.spec.kind == "tensor":
     pieces = chunks.split(t.shape, max(st.DTYPES[target].itemsize, 4), block[0] if tiles else 1)
-  if pieces is None:
-    bits, scale_values = st.read_tensor(f, t), st.read_tensor(f, scale)
-    q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale_values), st.DTYPES[dtype])
-    values = np.asarray(dequantize(q, st.DTYPES[target]))
-    writer.write(t.name, values)
-    return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target}",
-                        t.nbytes + scale.nbytes, values.nbytes)
-  whole_scale = st.read_tensor(f, scale) if layout.spec.kind == "tensor" else None
+  whole = pieces is None
+  per_tensor = layout.spec.kind == "tensor"
   done = 0  # scale elements read so far
-  for p in pieces:
+  for p in pieces or [chunks.Piece(0, t.shape, 0)]:
     interrupts.check()
-    bits = st.read_part(f, t, p.start, p.shape)
-    if whole_scale is None:
-      shape = layout.scale_shape(p.shape)
-      scale_values = st.read_part(f, scale, done, shape)
-      done += math.prod(shape)
-    else:
-      scale_values = whole_scale
-    q = layout.qarray(jnp.asarray(bits), jnp.asarray(scale_values), st.DTYPES[dtype])
-    writer.write_part(t.name, np.asarray(dequantize(q, st.DTYPES[target])))
-    del bits, q
+    bits = staging.device(staging.read(f, t, p.start, p.shape))
+    shape = scale.shape if whole or per_tensor else layout.scale_shape(p.shape)
+    scale_values = staging.device(staging.read(f, scale, 0 if per_tensor else done, shape))
+    done += math.prod(shape)
+    values = _dequantize_step(bits, scale_values, layout=layout, dtype=dtype, target=target)
+    del bits, scale_values  # from here on, their buffers may be refilled
+    staging.later(functools.partial(_write_values, writer, t.name, values, whole))
   return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target}",
                       t.nbytes + scale.nbytes, writer.nbytes(t.name))
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "dtype", "target"))
+def _dequantize_step(bits: jax.Array, scale: jax.Array, *, layout: WeightLayout, dtype: str,
+                     target: str) -> jax.Array:
+  return dequantize(layout.qarray(bits, scale, st.DTYPES[dtype]), st.DTYPES[target])
+
+
+def _write_values(writer: st.Writer, name: str, values: jax.Array, whole: bool) -> None:
+  array = np.asarray(values)  # waits for the computation
+  if whole:
+    writer.write(name, array)
+  else:
+    writer.write_part(name, array)

@@ -2,7 +2,7 @@
 
     fp8jax quantize IN OUT [--format e4m3fn] [--scaling tensor|axis|block:B|block:BxC|mx]
                            [--rounding nearest|stochastic --seed N] [--include GLOB ...]
-                           [--exclude GLOB ...] [--force] [-v] [-q]
+                           [--exclude GLOB ...] [--sqnr] [--force] [-v] [-q]
     fp8jax dequantize IN OUT [--dtype bf16|f16|f32] [--force] [-v] [-q]
     fp8jax inspect FILE [--format F ...] [--scaling S ...] [--match GLOB ...] [--plot out.png]
     fp8jax formats
@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="also quantize matching float tensors with >= 2 dims (repeatable)")
   q.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                  help="do not quantize matching tensors; wins over --include (repeatable)")
+  q.add_argument("--sqnr", action="store_true",
+                 help="report each weight's SQNR (worst in the summary, each with -v); "
+                 "takes about as long again")
   _common(q)
 
   d = sub.add_parser("dequantize", help="turn an fp8jax-quantized checkpoint back into a plain one")
@@ -166,7 +169,7 @@ def _quantize(args) -> int:
   with progress_bar(args.src, args.quiet) as step:
     summary = quantize_checkpoint(args.src, args.out, layout, selection=selection,
                                   rounding=args.rounding, seed=args.seed, force=args.force,
-                                  progress=step)
+                                  progress=step, sqnr=args.sqnr)
   _print_summary(summary, args)
   return 0
 

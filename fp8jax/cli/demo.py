@@ -145,7 +145,7 @@ def main() -> int:
           f"written in {time.perf_counter() - start:.1f} s to {tmp}{os.sep}model")
     print(f"\n$ fp8jax quantize model model-fp8 --format {DEMO_LAYOUT[0]} "
           f"--scaling {DEMO_LAYOUT[1]} -v")
-    summary = quantize_checkpoint(src, q, layout)
+    summary = quantize_checkpoint(src, q, layout, sqnr=True)
     for t in summary.tensors:
       print(t.line())
     print(summary.line())
