@@ -148,7 +148,7 @@ def test_existing_out_needs_force(good, capsys):
 
 def test_dequantize_of_a_plain_checkpoint(good, capsys):
   src, out = good
-  _expect_bad(capsys, ["dequantize", str(src), str(out / "d")], "not quantized by fp8jax",
+  _expect_bad(capsys, ["dequantize", str(src), str(out / "d")], "is not quantized",
               src.parent, out)
 
 

@@ -1,13 +1,13 @@
-"""The `quantization_config` a quantized Hugging Face model folder's `config.json` gains.
+"""The `quantization_config` that `quantize_checkpoint` writes today into `config.json`.
 
-e4m3fn weights per tensor or in 128x128 tiles are written in the form vLLM's
-`fp8` method loads (`Fp8Config`): `quant_method: "fp8"`, dynamic activation
-scales, `weight_block_size: [128, 128]` for tiles (scales named
-`X.weight_scale_inv`), per-tensor scales as `X.weight_scale`, and the
-layers left unquantized in `ignored_layers` (also as
-`modules_to_not_convert`, the key transformers reads). Every other layout
-is recorded under `quant_method: "fp8jax"` with its format, scaling and
-storage dtypes, for fp8jax (and readers that follow this description).
+A shim over `layouts` for the names the pipeline stores today: e4m3fn
+weights per tensor or in 128x128 tiles in vLLM's `fp8` layout
+(`layouts.get_layout("vllm")`), every other layout under `quant_method:
+"fp8jax"` with its codes under `X.weight` and its scale under
+`X.weight` + `WeightLayout.scale_suffix`. `layouts` has the layouts the
+stacks read (compressed-tensors, ModelOpt) and the `fp8jax` layout whose
+codes no loader mistakes for weights; this module goes once the pipeline
+writes those.
 """
 
 from __future__ import annotations
@@ -15,15 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from fp8jax.checkpoint.layouts import VLLM_BLOCK, get_layout, ignored_modules, module_name
 from fp8jax.checkpoint.stored import WeightLayout
 
-VLLM_BLOCK = [128, 128]
-
-
-def module_name(tensor_name: str) -> str:
-  """`model.layers.0.mlp.up_proj.weight` -> `model.layers.0.mlp.up_proj`."""
-  base, dot, last = tensor_name.rpartition(".")
-  return base if dot and last == "weight" else tensor_name
+__all__ = ["VLLM_BLOCK", "module_name", "quantization_config"]
 
 
 def quantization_config(layout: WeightLayout, ignored: Iterable[str]) -> dict[str, Any]:
@@ -43,17 +38,16 @@ def quantization_config(layout: WeightLayout, ignored: Iterable[str]) -> dict[st
     {'quant_method': 'fp8', 'activation_scheme': 'dynamic', 'weight_block_size': [128, 128],
      'ignored_layers': ['lm_head'], 'modules_to_not_convert': ['lm_head']}
   """
-  modules = sorted({module_name(n) for n in ignored})
-  if layout.vllm_fp8:
-    config: dict[str, Any] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
-    if layout.scaling != "tensor":
-      config["weight_block_size"] = list(VLLM_BLOCK)
-  else:
-    config = {"quant_method": "fp8jax", "format": layout.fmt.name, "scaling": layout.scaling,
-              "weight_dtype": layout.bits_dtype, "scale_dtype": layout.scale_dtype,
-              "scale_suffix": layout.scale_suffix}
-    if layout.scaling == "mx":
-      config["scale_format"] = "e8m0fnu"
+  vllm = get_layout("vllm")
+  if vllm.holds(layout):
+    return vllm.quantization_config(layout, ignored)
+  modules = ignored_modules(ignored)
+  config: dict[str, Any] = {
+      "quant_method": "fp8jax", "format": layout.fmt.name, "scaling": layout.scaling,
+      "weight_dtype": layout.bits_dtype, "scale_dtype": layout.scale_dtype,
+      "scale_suffix": layout.scale_suffix}
+  if layout.scaling == "mx":
+    config["scale_format"] = "e8m0fnu"
   config["ignored_layers"] = modules
   config["modules_to_not_convert"] = list(modules)
   return config

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.checkpoint import chunks, hf_config, interrupts, safetensors_io as st
+from fp8jax.checkpoint import chunks, foreign, hf_config, interrupts, safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import write_json
 from fp8jax.checkpoint.metadata import KEY, QuantizedTensor, QuantMetadata
@@ -61,6 +61,7 @@ Progress = Callable[[str, int], None]
 
 class _Conversion(Protocol):
   verb: str
+  dropped_files: frozenset[str]  # a folder's top-level files not to copy
 
   def outputs(self, t: TensorInfo) -> list[st.Entry]:
     """The output tensors `t` becomes (none for a tensor written with another)."""
@@ -89,7 +90,8 @@ def _convert(ckpt: Checkpoint, out: str, force: bool, conversion: _Conversion,
   for h, entries, metadata in files:
     target = out if ckpt.kind == "file" else os.path.join(out, os.path.basename(h.path))
     st.check_header(target, entries, metadata)
-  others = other_files(ckpt, _written_names(ckpt)) if ckpt.kind == "folder" else []
+  skip = _written_names(ckpt) | conversion.dropped_files
+  others = other_files(ckpt, skip) if ckpt.kind == "folder" else []
   reports: list[TensorReport] = []
   weight_map: dict[str, str] = {}
   total = sizes = 0
@@ -239,6 +241,7 @@ class _Quantize:
   sqnr: bool
   ignored: list[str]
   verb: ClassVar[str] = "quantized"
+  dropped_files: ClassVar[frozenset[str]] = frozenset()
 
   def outputs(self, t: TensorInfo) -> list[st.Entry]:
     scale = self.scales.get(t.name)
@@ -386,14 +389,19 @@ def _quantize_step(x: jax.Array, key: jax.Array | None, static: jax.Array | None
 
 def dequantize_checkpoint(src: str, out: str, *, dtype: str | None = None, force: bool = False,
                           progress: Progress | None = None) -> Summary:
-  """Turns a checkpoint quantized by fp8jax back into a plain one.
+  """Turns a quantized checkpoint back into a plain one.
+
+  Reads what fp8jax wrote (its metadata), and the layouts other stacks write
+  (`foreign.detect`: compressed-tensors FP8, NVFP4 and MX, ModelOpt NVFP4,
+  vLLM / DeepSeek FP8, gpt-oss MXFP4), each dequantized as its producer does.
 
   Args:
     src: the quantized file, index or folder.
     out: a file for a single-file input, else a folder.
     dtype: "bf16", "f16" or "f32" for the dequantized weights; default: the
-      dtype each weight had before quantization. Tensors that were never
-      quantized are copied unchanged.
+      dtype each weight had before quantization (for another stack's
+      checkpoint, the model's dtype in `config.json`, else bf16). Tensors
+      that were never quantized are copied unchanged.
     force: replace an existing `out`.
     progress: called after each tensor.
 
@@ -402,7 +410,8 @@ def dequantize_checkpoint(src: str, out: str, *, dtype: str | None = None, force
     and `config.json` loses its `quantization_config`.
 
   Raises:
-    CheckpointError: bad input or arguments, or a checkpoint without fp8jax metadata.
+    CheckpointError: bad input or arguments, a checkpoint that is not
+      quantized, or one whose quantization config its tensors contradict.
 
   Example:
     >>> import os, shutil, tempfile
@@ -420,7 +429,11 @@ def dequantize_checkpoint(src: str, out: str, *, dtype: str | None = None, force
   if dtype is not None and dtype not in DTYPE_TAGS:
     raise CheckpointError(f"dtype must be bf16, f16 or f32 (got {dtype!r})", param="dtype")
   ckpt = open_checkpoint(src)
-  conversion = _plan_dequantize(ckpt, dtype)
+  plan = foreign.detect(ckpt) if QuantMetadata.merged(ckpt.headers) is None else None
+  if plan is not None:
+    conversion: _Conversion = _ForeignDequantize(plan, dtype and DTYPE_TAGS[dtype])
+  else:
+    conversion = _plan_dequantize(ckpt, dtype)
   return _convert(ckpt, out, force, conversion, progress, start)
 
 
@@ -440,6 +453,7 @@ class _Dequantize:
   targets: dict[str, str]
   scales: frozenset[str]
   verb: ClassVar[str] = "dequantized"
+  dropped_files: ClassVar[frozenset[str]] = frozenset()
 
   def outputs(self, t: TensorInfo) -> list[st.Entry]:
     if t.name in self.scales:
@@ -468,8 +482,8 @@ def _plan_dequantize(ckpt: Checkpoint, dtype: str | None) -> _Dequantize:
   """Reads every file's metadata and checks it against the file before writing."""
   meta = QuantMetadata.merged(ckpt.headers)
   if meta is None:
-    raise CheckpointError(f"{ckpt.path} has no {KEY} metadata: it was not quantized by "
-                          "fp8jax (dequantize reads only checkpoints fp8jax wrote)")
+    raise CheckpointError(f"{ckpt.path} is not quantized: it has no {KEY} metadata and no "
+                          "quantization config that fp8jax reads")
   weights: dict[str, tuple[QuantizedTensor, TensorInfo]] = {}
   for h in ckpt.headers:
     file_meta = QuantMetadata.of(h)
@@ -483,6 +497,61 @@ def _plan_dequantize(ckpt: Checkpoint, dtype: str | None) -> _Dequantize:
              for name, (entry, _) in weights.items()}
   scales = frozenset(entry.scale for entry, _ in weights.values())
   return _Dequantize(meta.layout, weights, targets, scales)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ForeignDequantize:
+  """Dequantizes another stack's weights as it does (`foreign.ForeignPlan`); drops their
+  scales; copies the rest.
+
+  Attributes:
+    plan: what `foreign.detect` found.
+    target: the output dtype tag of every weight (None: each weight's `dtype`).
+  """
+
+  plan: foreign.ForeignPlan
+  target: str | None
+  verb: ClassVar[str] = "dequantized"
+
+  @property
+  def dropped_files(self) -> frozenset[str]:
+    return self.plan.dropped_files
+
+  def outputs(self, t: TensorInfo) -> list[st.Entry]:
+    if t.name in self.plan.consumed:
+      return []
+    w = self.plan.weights.get(t.name)
+    if w is None:
+      return [st.Entry(t.name, t.dtype, t.shape)]
+    return [st.Entry(w.name, self.target or w.dtype, w.shape)]
+
+  def metadata(self, h: Header) -> dict[str, str]:
+    return dict(h.metadata)
+
+  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer,
+              staging: Staging) -> TensorReport | None:
+    if t.name in self.plan.consumed:
+      return None  # read with its weight
+    w = self.plan.weights.get(t.name)
+    if w is None:
+      writer.copy(t.name, f, t)
+      return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
+    arrays = []
+    for path, info in w.inputs:
+      if os.path.samefile(path, f.name):
+        arrays.append(st.read_tensor(f, info))
+      else:  # a scale in another shard
+        with open(path, "rb") as g:
+          arrays.append(st.read_tensor(g, info))
+    target = self.target or w.dtype
+    values = w.dequantize(arrays).astype(st.DTYPES[target])
+    writer.write(w.name, values)
+    return TensorReport(w.name, t.dtype, w.shape, f"dequantized to {target} "
+                        f"({self.plan.producer})", sum(i.info.nbytes for i in w.inputs),
+                        values.nbytes)
+
+  def config(self, config: dict[str, Any]) -> dict[str, Any]:
+    return self.plan.config(config)
 
 
 def dequantize_tensor(f: BinaryIO, t: TensorInfo, scale: TensorInfo, writer: st.Writer,
