@@ -49,14 +49,19 @@ def test_every_module_is_found():
   assert len(MODULES) > 30
 
 
+def _private(name: str) -> bool:
+  """`_helper` is private; dunders (`__init__`, `__version__`) are not."""
+  return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_private_name_of_another_subpackage(module):
   for mod, name, _ in _imports(MODULES[module]):
     target = _target(mod, name)
     if target.split(".")[0] not in ("fp8jax", "interop"):
       continue
-    private = [p for p in target.split(".") if p.startswith("_") and p != "__init__"]
-    if name is not None and target == mod and name.startswith("_"):
+    private = [p for p in target.split(".") if _private(p)]
+    if name is not None and target == mod and _private(name):
       private.append(name)
     if _subpackage(target) == _subpackage(module):
       continue

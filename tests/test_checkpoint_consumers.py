@@ -32,6 +32,7 @@ import pytest
 import fp8jax
 from fp8jax.checkpoint import safetensors_io as st
 from fp8jax.checkpoint.layouts import default_layout, get_layout, read_config
+from fp8jax.checkpoint.pipeline import quantize_checkpoint
 from fp8jax.checkpoint.selection import Selection
 from fp8jax.checkpoint.stored import WeightLayout
 from fp8jax.quant.spec import NVFP4, QuantSpec
@@ -101,25 +102,12 @@ def _quantized(src: str, wl: WeightLayout, layout_name: str):
   return infos, arrays, qarrays, kept
 
 
-def write_quantized(src: str, out: str, wl: WeightLayout, layout_name: str) -> str:
-  """The model folder `src` quantized as `wl`, stored in the layout `layout_name`."""
-  layout = get_layout(layout_name)
-  infos, arrays, qarrays, kept = _quantized(src, wl, layout_name)
-  entries, stored = [], {}
-  for name, t in infos.items():
-    if name in qarrays:
-      entries += layout.tensors(name, t.shape, wl)
-      stored.update(layout.stored_tensors(name, qarrays[name]))
-    else:
-      entries.append(st.Entry(name, t.dtype, t.shape))
-      stored[name] = arrays[name]
-  config = _copy_side_files(src, out)
-  _write(os.path.join(out, "model.safetensors"), entries, stored)
-  ignored = [n for n in kept if infos[n].dtype in st.FLOAT_TAGS and len(infos[n].shape) >= 2]
-  config["quantization_config"] = layout.quantization_config(wl, ignored)
-  for name, content in [("config.json", config), *layout.side_files(wl, ignored).items()]:
-    with open(os.path.join(out, name), "w") as f:
-      json.dump(content, f, indent=2)
+def write_quantized(src: str, out: str, wl: WeightLayout, layout_name: str,
+                    weight_only: bool = True) -> str:
+  """The model folder `src` quantized as `wl` by `fp8jax quantize`'s pipeline, stored in the
+  layout `layout_name`."""
+  os.rmdir(out)  # the pipeline makes OUT itself
+  quantize_checkpoint(src, out, wl, stored=layout_name, weight_only=weight_only)
   return out
 
 
@@ -352,3 +340,28 @@ def test_transformers_refuses_the_modelopt_layout(folders):
   # transformers has no ModelOpt loader: the packed weights do not fit its Linear layers.
   with pytest.raises(RuntimeError, match="size mismatch|ignore_mismatched_sizes"):
     _load(folders("llama-bf16", NVFP4_MODELOPT, "modelopt"))
+
+
+@pytest.mark.parametrize("scaling", ["tensor", "axis", "block:32x32"])
+def test_transformers_loads_the_default_layout_with_fp8_activations(models, tmp_path, scaling):
+  # By default e4m3fn weights declare dynamic FP8 activations (llm-compressor's FP8_DYNAMIC
+  # and FP8_BLOCK), which transformers and vLLM quantize as they run: the weights are
+  # fp8jax's, and the logits differ from the dequantized model's only by that rounding of
+  # the activations (e4m3fn: relative error up to 2^-4 per element).
+  wl = spec("e4m3fn", scaling)
+  quantized = str(tmp_path / "q")
+  quantize_checkpoint(models["llama"], quantized, wl)
+  with open(os.path.join(quantized, "config.json")) as f:
+    scheme = json.load(f)["quantization_config"]["config_groups"]["group_0"]
+  acts = scheme["input_activations"]
+  assert acts["dynamic"] is True and acts["type"] == "float" and acts["num_bits"] == 8
+  assert acts["strategy"] == ("group" if scaling.startswith("block") else "token")
+  (tmp_path / "d").mkdir()
+  dequantized = write_dequantized(models["llama"], str(tmp_path / "d"), wl, "compressed-tensors")
+  model, ref = _load(quantized), _load(dequantized)
+  got, want = _outputs(model), _outputs(ref)
+  cos = float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0))
+  assert 0.995 <= cos < 1, cos  # < 1: the activations really are quantized
+  params = dict(model.named_parameters())
+  for name, p in ref.named_parameters():
+    assert torch.equal(params[name].data, p.data), name

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import fp8jax
-from fp8jax.checkpoint import hf_config
 from fp8jax.checkpoint.layouts import (
     LAYOUT_NAMES,
     LAYOUTS,
@@ -256,14 +255,24 @@ def test_compressed_tensors_accepts_its_config(w):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     quant = pytest.importorskip("compressed_tensors.quantization")
-  config = CT.quantization_config(w, IGNORED)
-  parsed = quant.QuantizationConfig.model_validate(config)
-  scheme = parsed.config_groups["group_0"]
-  assert isinstance(scheme, quant.QuantizationScheme)
-  assert scheme.input_activations is None  # weight-only: see layouts' docstring
-  assert parsed.quantization_status == "compressed" and parsed.format == CT.format(w)
-  assert parsed.ignore == ["lm_head", "model.embed_tokens", "model.layers.0.mlp.gate"]
-  assert quant.QuantizationScheme.model_validate(config["config_groups"]["group_0"]) == scheme
+  for weight_only in (False, True):
+    config = CT.quantization_config(w, IGNORED, weight_only)
+    parsed = quant.QuantizationConfig.model_validate(config)
+    scheme = parsed.config_groups["group_0"]
+    assert isinstance(scheme, quant.QuantizationScheme)
+    acts = scheme.input_activations
+    fp8 = w.fmt.name == "e4m3fn" and w.spec.kind in ("tensor", "axis") or (
+        w.spec.kind == "block" and len(w.block) == 2)
+    if weight_only or not fp8:
+      assert acts is None
+    else:  # llm-compressor's FP8_DYNAMIC and FP8_BLOCK: what vLLM serves on every backend
+      assert (acts.num_bits, acts.type, acts.dynamic, acts.symmetric) == (8, "float", True, True)
+      assert acts.strategy == ("group" if w.spec.kind == "block" else "token")
+      if w.spec.kind == "block":
+        assert acts.group_size == w.block[1]
+    assert parsed.quantization_status == "compressed" and parsed.format == CT.format(w)
+    assert parsed.ignore == ["lm_head", "model.embed_tokens", "model.layers.0.mlp.gate"]
+    assert quant.QuantizationScheme.model_validate(config["config_groups"]["group_0"]) == scheme
 
 
 @pytest.mark.parametrize("w, fmt, weights", [
@@ -295,13 +304,6 @@ def test_vllm_config_is_the_fp8_method():
                     "weight_block_size": [128, 128], "ignored_layers": ["lm_head"],
                     "modules_to_not_convert": ["lm_head"]}
   assert "weight_block_size" not in VLLM.quantization_config(wl("e4m3fn", "tensor"), [])
-
-
-def test_hf_config_shim_writes_vllm_fp8_and_the_pipeline_s_fp8jax_config():
-  for w in (wl("e4m3fn", "tensor"), wl("e4m3fn", "block:128x128")):
-    assert hf_config.quantization_config(w, IGNORED) == VLLM.quantization_config(w, IGNORED)
-  legacy = hf_config.quantization_config(wl("e5m2", "axis"), [])
-  assert legacy["quant_method"] == "fp8jax" and legacy["scale_suffix"] == "_scale"
 
 
 def test_modelopt_config_and_hf_quant_config():

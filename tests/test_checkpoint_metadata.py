@@ -49,7 +49,8 @@ def test_quantize_records_the_layout_and_each_weight(tmp_path):
   quantize_checkpoint(src, q, WeightLayout.parse("e4m3fn", "channel"))
   meta = QuantMetadata.of(st.read_header(q))
   assert meta.layout == WeightLayout.parse("e4m3fn", "axis")
-  assert meta.tensors == {"layer.weight": QuantizedTensor("F32", "layer.weight_scale")}
+  assert meta.tensors == {"layer.weight_fp8jax_codes": QuantizedTensor(
+      "F32", "layer.weight_fp8jax_scale", "layer.weight")}
   assert json.loads(st.read_header(q).metadata[KEY])["scaling"] == "axis"
 
 
@@ -67,7 +68,7 @@ def test_a_checkpoint_recorded_as_channel_still_dequantizes(tmp_path):
   dequantize_checkpoint(old, back_old)
   with open(back_new, "rb") as a, open(back_old, "rb") as b:
     assert a.read() == b.read()
-  lines = list(inspect_checkpoint(old, match=["layer.weight"]))
+  lines = list(inspect_checkpoint(old, match=["layer.weight*"]))
   assert lines[0] == "quantized by fp8jax: format e4m3fn, scaling axis"
   assert cli.main(["dequantize", old, str(tmp_path / "b3.safetensors"), "-q"]) == 0
 
@@ -75,7 +76,8 @@ def test_a_checkpoint_recorded_as_channel_still_dequantizes(tmp_path):
 @pytest.mark.parametrize("change,message", [
     (lambda info: info.update(version=2), "metadata version 2 is not 1"),
     (lambda info: info.update(scaling="rows"), "corrupt fp8jax metadata (scaling must be"),
-    (lambda info: info["tensors"]["layer.weight"].update(dtype="F64"), "corrupt fp8jax metadata"),
+    (lambda info: info["tensors"]["layer.weight_fp8jax_codes"].update(dtype="F64"),
+     "corrupt fp8jax metadata"),
     (lambda info: info.pop("tensors"), "corrupt fp8jax metadata"),
 ])
 def test_bad_metadata_is_one_clear_error(tmp_path, change, message):
@@ -112,3 +114,29 @@ def test_shards_with_different_layouts_are_refused(tmp_path):
   with pytest.raises(CheckpointError, match="holds e4m3fn axis weights, other shards "
                      "e4m3fn tensor"):
     dequantize_checkpoint(str(folder), str(tmp_path / "out"))
+
+
+def test_files_written_before_the_fp8jax_codes_names_still_dequantize(tmp_path):
+  # Earlier versions kept the codes under the weight's own name and the scale under
+  # `X.weight_scale`, without "name" in the metadata.
+  src, q, old = (str(tmp_path / n) for n in ("a.safetensors", "q.safetensors",
+                                             "old.safetensors"))
+  st.write_file(src, _tensors())
+  quantize_checkpoint(src, q, WeightLayout.parse("e4m3fn", "axis"))
+  h = st.read_header(q)
+  with open(q, "rb") as f:
+    arrays = {t.name: st.read_tensor(f, t) for t in h.tensors}
+  renamed = {"layer.weight_fp8jax_codes": "layer.weight",
+             "layer.weight_fp8jax_scale": "layer.weight_scale"}
+  info = json.loads(h.metadata[KEY])
+  info["tensors"] = {"layer.weight": {"dtype": "F32", "scale": "layer.weight_scale"}}
+  entries = [st.Entry(renamed.get(t.name, t.name), t.dtype, t.shape) for t in h.tensors]
+  with st.Writer(old, entries, dict(h.metadata, **{KEY: json.dumps(info)})) as w:
+    for t in h.tensors:
+      w.write(renamed.get(t.name, t.name), arrays[t.name])
+  back_new, back_old = str(tmp_path / "b1.safetensors"), str(tmp_path / "b2.safetensors")
+  dequantize_checkpoint(q, back_new)
+  dequantize_checkpoint(old, back_old)
+  with open(back_new, "rb") as a, open(back_old, "rb") as b:
+    assert a.read() == b.read()
+  assert "layer.weight" in {t.name for t in st.read_header(back_new).tensors}

@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch", reason="inputs are written with safetensors
 import fp8jax  # noqa: E402
 from fp8jax import cli  # noqa: E402
 from fp8jax.checkpoint import safetensors_io as st  # noqa: E402
+from fp8jax.checkpoint.layouts import CODES_SUFFIX, SCALE_SUFFIX  # noqa: E402
 from fp8jax.checkpoint.stored import WeightLayout  # noqa: E402
 from fp8jax.cli import progress  # noqa: E402
 from tests import cli_fixtures as fx  # noqa: E402
@@ -51,17 +52,17 @@ def expected_dequantized(x: np.ndarray, layout: WeightLayout, **kw) -> np.ndarra
 
 
 def check_quantized(path: str, tensors, layout: WeightLayout, quantized: set[str]):
-  """Names, dtypes and shapes of a quantized file, read by safetensors.torch."""
+  """Names, dtypes and shapes of a file in the fp8jax layout, read by safetensors.torch."""
   got = fx.load(path)
-  suffix = layout.scale_suffix
-  assert set(got) == set(tensors) | {n + suffix for n in quantized}
+  assert set(got) == (set(tensors) - quantized) | {n + CODES_SUFFIX for n in quantized} | {
+      n + SCALE_SUFFIX for n in quantized}
   for name, x in tensors.items():
-    t = got[name]
+    t = got[name + CODES_SUFFIX if name in quantized else name]
     assert tuple(t.shape) == x.shape, name
     if name in quantized:
       want = F8_TORCH.get(layout.fmt.name, torch.uint8)
       assert t.dtype == want, name
-      scale = got[name + suffix]
+      scale = got[name + SCALE_SUFFIX]
       assert scale.dtype == (torch.uint8 if layout.spec.kind == "mx" else torch.float32)
       assert tuple(scale.shape) == layout.scale_shape(x.shape), name
       q = layout.quantize(jnp.asarray(x))
@@ -135,9 +136,9 @@ def test_sharded_round_trip_writes_a_matching_index(tmp_path):
     qindex = json.load(f)
   with open(index) as f:
     src_map = json.load(f)["weight_map"]
-  expect_map = dict(src_map)
-  for name in fx.DEFAULT_QUANTIZED:
-    expect_map[name + "_scale_inv"] = src_map[name]
+  expect_map = {n: f for n, f in src_map.items() if n not in fx.DEFAULT_QUANTIZED}
+  for name in fx.DEFAULT_QUANTIZED:  # the fp8jax layout: an index without config.json
+    expect_map[name + CODES_SUFFIX] = expect_map[name + SCALE_SUFFIX] = src_map[name]
   assert qindex["weight_map"] == expect_map
   files_total = 0
   for shard in shards:
@@ -180,7 +181,8 @@ def test_model_folder_follows_the_vllm_fp8_layout(tmp_path, scaling):
   src, config = _model_folder(tmp_path, tensors)
   before = fx.listing(str(src))
   q, back = tmp_path / "fp8", tmp_path / "back"
-  run("quantize", str(src), str(q), "--format", "e4m3fn", "--scaling", scaling)
+  run("quantize", str(src), str(q), "--format", "e4m3fn", "--scaling", scaling, "--layout",
+      "vllm")
   with open(q / "config.json") as f:
     qconfig = json.load(f)
   qc = qconfig.pop("quantization_config")
@@ -225,21 +227,28 @@ def test_model_folder_follows_the_vllm_fp8_layout(tmp_path, scaling):
   assert fx.listing(str(src)) == before
 
 
-def test_other_layouts_are_recorded_under_fp8jax(tmp_path):
+def test_layouts_no_stack_reads_are_fp8jax_and_said_so(tmp_path, capsys):
   tensors = fx.example(seed=3)
-  src, _ = _model_folder(tmp_path, tensors)
-  q = tmp_path / "fp8"
-  run("quantize", str(src), str(q), "--format", "e5m2", "--scaling", "axis")
+  src, config = _model_folder(tmp_path, tensors)
+  q, back = tmp_path / "fp8", tmp_path / "back"
+  assert cli.main(["quantize", str(src), str(q), "--format", "e5m2", "--scaling", "axis"]) == 0
+  err = capsys.readouterr().err
+  assert err == "fp8jax: note: layout fp8jax: only `fp8jax dequantize` reads this layout\n"
   with open(q / "config.json") as f:
     qc = json.load(f)["quantization_config"]
-  assert qc["quant_method"] == "fp8jax"
-  assert (qc["format"], qc["scaling"], qc["weight_dtype"], qc["scale_dtype"]) == (
-      "e5m2", "axis", "F8_E5M2", "F32")
-  assert qc["scale_suffix"] == "_scale"
+  assert "quant_method" not in qc  # transformers refuses such a model rather than guess
+  assert (qc["layout"], qc["format"], qc["scaling"], qc["codes_dtype"], qc["scale_dtype"]) == (
+      "fp8jax", "e5m2", "axis", "F8_E5M2", "F32")
+  assert (qc["codes_suffix"], qc["scale_suffix"]) == (CODES_SUFFIX, SCALE_SUFFIX)
+  run("dequantize", str(q), str(back))
+  with open(back / "config.json") as f:
+    assert json.load(f) == config
 
 
 def quantized_names(path: str) -> set[str]:
-  return set(json.loads(st.read_header(path).metadata["fp8jax"])["tensors"])
+  entries = json.loads(st.read_header(path).metadata["fp8jax"])["tensors"]
+  assert all(k == e["name"] + CODES_SUFFIX for k, e in entries.items())
+  return {e["name"] for e in entries.values()}
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -271,8 +280,9 @@ def test_stochastic_rounding_is_the_library_with_a_key_per_tensor_name(single, t
   for name in fx.DEFAULT_QUANTIZED:
     key = jax.random.fold_in(jax.random.key(7), zlib.crc32(name.encode()))
     q = layout.quantize(jnp.asarray(tensors[name]), rounding="stochastic", key=key)
-    np.testing.assert_array_equal(fx.to_numpy(got_a[name]), np.asarray(q.bits), err_msg=name)
-    assert not torch.equal(got_a[name].view(torch.uint8), got_b[name].view(torch.uint8))
+    a_codes, b_codes = got_a[name + CODES_SUFFIX], got_b[name + CODES_SUFFIX]
+    np.testing.assert_array_equal(fx.to_numpy(a_codes), np.asarray(q.bits), err_msg=name)
+    assert not torch.equal(a_codes.view(torch.uint8), b_codes.view(torch.uint8))
 
 
 def test_written_files_load_with_the_numpy_frontend(tmp_path):
@@ -285,14 +295,14 @@ def test_written_files_load_with_the_numpy_frontend(tmp_path):
   # A format without a safetensors float8 dtype is stored as uint8 codes: NumPy reads all.
   run("quantize", src, q, "--format", "e4m3fnuz", "--scaling", "channel")
   got = load_file(q)
-  assert got["w"].dtype == np.uint8 and got["w_scale"].dtype == np.float32
-  assert got["w_scale"].shape == (64, 1)
+  codes, scale = got["w" + CODES_SUFFIX], got["w" + SCALE_SUFFIX]
+  assert codes.dtype == np.uint8 and scale.dtype == np.float32 and scale.shape == (64, 1)
   np.testing.assert_array_equal(got["b"], tensors["b"])
   # NumPy has no float8 dtypes; the float32 scales and kept tensors still read through it.
   run("quantize", src, q8)
   with safe_open(q8, framework="np") as f:
-    assert set(f.keys()) == {"w", "w_scale", "b"}
-    assert f.get_tensor("w_scale").dtype == np.float32
+    assert set(f.keys()) == {"w" + CODES_SUFFIX, "w" + SCALE_SUFFIX, "b"}
+    assert f.get_tensor("w" + SCALE_SUFFIX).dtype == np.float32
     np.testing.assert_array_equal(f.get_tensor("b"), tensors["b"])
   back = str(tmp_path / "back.safetensors")
   run("dequantize", q8, back)
@@ -339,7 +349,7 @@ def test_inspect_reports_ranges_errors_and_quantized_scales(single, tmp_path, ca
   out = capsys.readouterr().out
   assert "quantized by fp8jax: format e4m3fn, scaling axis" in out
   assert ("model.layers.0.mlp.up_proj.weight  F8_E4M3 [200, 64]  e4m3fn axis (was F16); "
-          "scale model.layers.0.mlp.up_proj.weight_scale F32 [200, 1] in ") in out
+          "scale model.layers.0.mlp.up_proj.weight_fp8jax_scale F32 [200, 1] in ") in out
   assert "model.norm.weight  BF16 [64]  amax" in out
 
 

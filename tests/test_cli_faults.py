@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -211,18 +212,25 @@ def test_links_out_of_the_folder_and_special_files_are_refused_before_any_work(
 
 @pytest.fixture(scope="module")
 def large(tmp_path_factory):
-  """A checkpoint folder that takes about half a second to quantize, and its quantized form."""
+  """A checkpoint folder that takes a few tenths of a second to quantize, and its quantized
+  form."""
   root = tmp_path_factory.mktemp("large")
   src = root / "in"
   src.mkdir()
   x = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
   for s in range(2):
     st.write_file(str(src / f"model-{s + 1:05d}-of-00002.safetensors"),
-                  {f"layers.{s}.{i}.weight": x for i in range(12)})
+                  {f"layers.{s}.{i}.weight": x for i in range(24)})
   (src / "config.json").write_text('{"model_type": "llama"}')
   ref = root / "ref"
   assert cli.main(["quantize", str(src), str(ref), "-q"]) == 0
   return str(src), fx.contents(str(ref))
+
+
+def _to_main_thread(sig: int) -> None:
+  """Sends `sig` to this thread (the main one), so that its handler runs before the next
+  line: sent to the process, another thread (JAX's) may take it and the handler run later."""
+  signal.pthread_kill(threading.main_thread().ident, sig)
 
 
 def _signal_run(src: str, out, sig: int, delay: float,
@@ -257,7 +265,7 @@ def test_sigint_and_sigterm_at_random_moments_stop_cleanly(large, tmp_path):
       os.makedirs(out, exist_ok=True)
       (out / "old.txt").write_text("old")
     before = fx.contents(str(out)) if out.exists() else None
-    r = _signal_run(src, out, sig, rng.uniform(0.0, 0.5))
+    r = _signal_run(src, out, sig, rng.uniform(0.0, 0.15))
     after = fx.contents(str(out)) if out.exists() else None
     if r.returncode == 0:  # the signal came after OUT was complete
       assert after == new and r.stderr == ""
@@ -284,7 +292,7 @@ def test_an_interrupt_lost_in_a_gc_callback_still_stops_the_run(large, tmp_path,
     if len(calls) == 2:
       def callback(phase, info):
         gc.callbacks.remove(callback)
-        os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, and its exception is lost
+        _to_main_thread(signal.SIGINT)  # the handler runs here, and its exception is lost
       gc.callbacks.append(callback)
       gc.collect()
       assert interrupts.received() == signal.SIGINT
@@ -307,7 +315,7 @@ def test_a_signal_while_a_temporary_is_created_is_honoured_and_cleaned(model, mo
     def add(self, name):
       super().add(name)
       if len(self) == 1:
-        os.kill(os.getpid(), signal.SIGTERM)  # held: the name is recorded first
+        _to_main_thread(signal.SIGTERM)  # held: the name is recorded first
 
   monkeypatch.setattr(files, "_temporaries", SignalOnFirstAdd())
   with _handlers():
@@ -340,7 +348,7 @@ def test_a_signal_after_out_is_in_place_lets_the_run_finish(model, monkeypatch, 
   def exchange_then_signal(a, b):
     real(a, b)
     if os.path.basename(b) == "out":
-      os.kill(os.getpid(), signal.SIGINT)
+      _to_main_thread(signal.SIGINT)
 
   monkeypatch.setattr(files, "exchange", exchange_then_signal)
   second = out.parent / "second"

@@ -13,6 +13,7 @@ import pytest
 
 from fp8jax import cli
 from fp8jax.checkpoint import pipeline, safetensors_io as st
+from fp8jax.checkpoint.layouts import CODES_SUFFIX, SCALE_SUFFIX
 from fp8jax.checkpoint.metadata import KEY
 from tests import cli_fixtures as fx
 
@@ -95,9 +96,10 @@ def test_non_ascii_text_is_written_as_utf8(dirs):
   assert cli.main(["quantize", str(src / "a.safetensors"), q, "-q"]) == 0
   with open(q, "rb") as f:
     head = f.read(int.from_bytes(f.read(8), "little"))
-  assert "modèle.couche.weight_scale".encode() in head and "été".encode() in head
+  assert f"modèle.couche.weight{SCALE_SUFFIX}".encode() in head and "été".encode() in head
   assert b"\\u00" not in head  # neither the header nor the fp8jax metadata in it escapes
-  assert set(fx.load(q)) == {"modèle.couche.weight", "modèle.couche.weight_scale", "norme.é"}
+  assert set(fx.load(q)) == {f"modèle.couche.weight{CODES_SUFFIX}",
+                             f"modèle.couche.weight{SCALE_SUFFIX}", "norme.é"}
 
 
 def test_an_output_header_over_the_readers_limit_is_refused_before_any_work(dirs, monkeypatch,
@@ -139,12 +141,15 @@ def test_empty_tensors_with_zero_dimensions_still_read(dirs):
 
 # --- finding 7: scales that are not tensors of their own -----------------------------
 
+_A, _B = "a.weight" + CODES_SUFFIX, "b.weight" + CODES_SUFFIX  # metadata keys: the codes
+
+
 @pytest.mark.parametrize("change,message", [
-    (lambda t: t["a.weight"].update(scale="a.weight"), "'a.weight' is listed as its own scale"),
-    (lambda t: (t["a.weight"].update(scale="b.weight"), t["b.weight"].update(scale="a.weight")),
-     "the scale of 'a.weight' is 'b.weight', itself a quantized weight"),
-    (lambda t: t["b.weight"].update(scale="a.weight_scale"),
-     "'a.weight' and 'b.weight' share the scale 'a.weight_scale'"),
+    (lambda t: t[_A].update(scale=_A), f"'{_A}' is listed as its own scale"),
+    (lambda t: (t[_A].update(scale=_B), t[_B].update(scale=_A)),
+     f"the scale of '{_A}' is '{_B}', itself a quantized weight"),
+    (lambda t: t[_B].update(scale="a.weight" + SCALE_SUFFIX),
+     f"'{_A}' and '{_B}' share the scale 'a.weight{SCALE_SUFFIX}'"),
 ], ids=["own", "each-other", "shared"])
 def test_metadata_scales_must_be_distinct_tensors(dirs, capsys, no_work, change, message):
   src, out = dirs
@@ -230,7 +235,7 @@ def test_argument_errors_are_one_line(dirs, capsys):
 def test_inspect_of_a_missing_scale_prints_nothing_first(dirs, capsys):
   src, out = dirs
   q = _quantized(src, {"w": np.ones((4, 8), np.float32), "v": np.ones((4, 8), np.float32)})
-  _with_metadata(q, _scales(lambda t: t["w"].update(scale="gone")))
+  _with_metadata(q, _scales(lambda t: t["w" + CODES_SUFFIX].update(scale="gone")))
   fx.expect_bad(capsys, ["inspect", q], "with scale 'gone', but the file lacks one of them", src)
 
 

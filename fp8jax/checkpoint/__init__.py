@@ -12,7 +12,6 @@ One job per module:
   metadata.py        QuantMetadata: what a quantized file records under `fp8jax`
   selection.py       which tensors get quantized
   layouts.py         the stored layouts of each stack: compressed-tensors, vLLM, ModelOpt, fp8jax
-  hf_config.py       the `quantization_config` of a model folder's config.json
   output.py          OUT checked against IN and staged until complete; a folder's other files
   report.py          TensorReport, Summary; printable (names that cannot drive the terminal)
   staging.py         reading, computing and writing pieces at the same time

@@ -186,6 +186,8 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
         head = f"{printable(t.name)}  {t.dtype} [{', '.join(map(str, t.shape))}]"
         if t.name in quantized:
           entry = quantized[t.name]
+          if entry.name is not None:  # the weight's own name, not its codes'
+            head = f"{printable(entry.name)}  {t.dtype} [{', '.join(map(str, t.shape))}]"
           yield head + "  " + _describe_quantized(f, by_name[entry.scale], entry.dtype, meta)
           continue
         if t.dtype not in st.FLOAT_TAGS:

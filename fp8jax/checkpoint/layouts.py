@@ -282,14 +282,22 @@ class Layout:
     """
     raise NotImplementedError
 
-  def quantization_config(self, weight_layout: WeightLayout,
-                          ignored: Iterable[str]) -> dict[str, Any]:
+  def quantization_config(self, weight_layout: WeightLayout, ignored: Iterable[str],
+                          weight_only: bool = False) -> dict[str, Any]:
     """The `quantization_config` of `config.json` for weights quantized as `weight_layout`.
 
     Args:
       weight_layout: the weights' layout.
       ignored: names of the floating-point weights with 2 or more dimensions
         left unquantized (embeddings, `lm_head`, routers, `--exclude`d).
+      weight_only: declare no activation quantization. By default the
+        compressed-tensors layout declares FP8 activations quantized
+        dynamically (per token; in groups of the block's width for 2-D
+        blocks) for e4m3fn weights per tensor, per channel and in 2-D
+        blocks, as llm-compressor's FP8_DYNAMIC and FP8_BLOCK schemes do:
+        what vLLM serves with FP8 matmuls on every backend (on CPU it has
+        no weight-only FP8 kernel). The vllm layout always declares dynamic
+        activations (its `fp8` method has no weight-only form).
 
     Returns:
       A JSON-ready dict.
@@ -318,6 +326,18 @@ def _ct_weights(wl: WeightLayout) -> dict[str, Any]:
   else:  # nvfp4
     args.update(num_bits=4, strategy="tensor_group", group_size=NVFP4_BLOCK,
                 scale_dtype="torch.float8_e4m3fn", zp_dtype="torch.float8_e4m3fn")
+  return args
+
+
+def _ct_activations(wl: WeightLayout) -> dict[str, Any] | None:
+  """The dynamic FP8 activations of llm-compressor's FP8 schemes, where one matches `wl`."""
+  grid = _grid(wl)
+  if wl.fmt != _E4M3 or grid.kind not in ("tensor", "channel", "block"):
+    return None
+  args: dict[str, Any] = {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": True,
+                          "strategy": "token"}
+  if grid.kind == "block":
+    args.update(strategy="group", group_size=grid.block[1])
   return args
 
 
@@ -411,10 +431,11 @@ class _CompressedTensors(Layout):
       ts = np.asarray(stored[weight_name + "_global_scale"], np.float32).reshape(())
     return _qarray(wl, codes, scale, dtype, ts)
 
-  def quantization_config(self, weight_layout, ignored):
+  def quantization_config(self, weight_layout, ignored, weight_only=False):
     fmt = self.format(weight_layout)
     scheme = {"targets": ["Linear"], "weights": _ct_weights(weight_layout),
-              "input_activations": None, "output_activations": None, "format": fmt}
+              "input_activations": None if weight_only else _ct_activations(weight_layout),
+              "output_activations": None, "format": fmt}
     return {"quant_method": "compressed-tensors", "format": fmt,
             "quantization_status": "compressed", "config_groups": {"group_0": scheme},
             "ignore": ignored_modules(ignored), "kv_cache_scheme": None}
@@ -453,7 +474,8 @@ class _Vllm(Layout):
     scale = np.asarray(stored[self._scale_name(weight_name, weight_layout)], np.float32)
     return _qarray(weight_layout, np.asarray(stored[weight_name]), scale, dtype)
 
-  def quantization_config(self, weight_layout, ignored):
+  def quantization_config(self, weight_layout, ignored, weight_only=False):
+    del weight_only
     _check(self, weight_layout)
     modules = ignored_modules(ignored)
     config: dict[str, Any] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
@@ -498,7 +520,8 @@ class _ModelOpt(Layout):
     ts = np.asarray(stored[weight_name + "_scale_2"], np.float32).reshape(())
     return _qarray(weight_layout, codes, np.asarray(stored[weight_name + "_scale"]), dtype, ts)
 
-  def quantization_config(self, weight_layout, ignored):
+  def quantization_config(self, weight_layout, ignored, weight_only=False):
+    del weight_only
     _check(self, weight_layout)
     return {"quant_method": "modelopt", "quant_algo": _NVFP4_ALGO, "group_size": NVFP4_BLOCK,
             "ignore": ignored_modules(ignored), "kv_cache_scheme": None}
@@ -557,7 +580,8 @@ class _Fp8jax(Layout):
                    np.asarray(stored[weight_name + SCALE_SUFFIX]), dtype,
                    None if ts is None else np.asarray(ts))
 
-  def quantization_config(self, weight_layout, ignored):
+  def quantization_config(self, weight_layout, ignored, weight_only=False):
+    del weight_only
     wl = weight_layout
     config: dict[str, Any] = {
         "layout": "fp8jax", "note": ONLY_FP8JAX, "format": wl.fmt.name, "scaling": wl.scaling,

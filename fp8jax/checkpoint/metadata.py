@@ -4,10 +4,14 @@ The value is a JSON string (safetensors metadata maps strings to strings):
 
     {"version": 1, "format": "e4m3fn", "scaling": "tensor",
      "bits_dtype": "F8_E4M3", "scale_dtype": "F32",
-     "tensors": {name: {"dtype": original dtype tag, "scale": scale tensor name}}}
+     "tensors": {codes tensor: {"dtype": original dtype tag, "scale": scale tensor name,
+                                "name": the weight's name}}}
 
 Each file lists the quantized weights it holds, and each scale is stored in
-the same file as its weight. `bits_dtype` and `scale_dtype` follow from
+the same file as its weight. The `fp8jax` layout stores a weight `X.weight`'s
+codes as `X.weight_fp8jax_codes` (a name no loader takes for a weight), and
+`name` gives the weight's own name back; files without `name` hold the codes
+under the weight's name. `bits_dtype` and `scale_dtype` follow from
 format and scaling; they are written for other readers and not read back.
 Files written before the per-axis scaling was spelled "axis" record
 "channel", which reads as "axis".
@@ -35,10 +39,13 @@ class QuantizedTensor:
   Attributes:
     dtype: the weight's dtype tag before quantization ("BF16", "F16", "F32").
     scale: the name of its scale tensor.
+    name: the weight's name, when its codes are stored under another one
+      (`X.weight` for `X.weight_fp8jax_codes`); None: the codes' name.
   """
 
   dtype: str
   scale: str
+  name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +54,7 @@ class QuantMetadata:
 
   Attributes:
     layout: how every quantized weight is stored.
-    tensors: each quantized weight's name and entry, in file order.
+    tensors: each quantized weight's codes tensor and entry, in file order.
 
   Example:
     >>> meta = QuantMetadata(WeightLayout.parse("e4m3fn", "axis"),
@@ -72,6 +79,7 @@ class QuantMetadata:
     info = {"version": VERSION, "format": self.layout.fmt.name, "scaling": self.layout.scaling,
             "bits_dtype": self.layout.bits_dtype, "scale_dtype": self.layout.scale_dtype,
             "tensors": {name: {"dtype": t.dtype, "scale": t.scale}
+                        | ({} if t.name is None else {"name": t.name})
                         for name, t in self.tensors.items()}}
     return json.dumps(info, sort_keys=True, ensure_ascii=False)
 
@@ -96,9 +104,10 @@ class QuantMetadata:
       layout = WeightLayout.parse(info["format"], info["scaling"])
       tensors = {}
       for name, entry in info["tensors"].items():
-        if entry["dtype"] not in FLOAT_TAGS or not isinstance(entry["scale"], str):
+        if (entry["dtype"] not in FLOAT_TAGS or not isinstance(entry["scale"], str)
+            or not isinstance(entry.get("name", ""), str)):
           raise ValueError(entry)
-        tensors[name] = QuantizedTensor(entry["dtype"], entry["scale"])
+        tensors[name] = QuantizedTensor(entry["dtype"], entry["scale"], entry.get("name"))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise CheckpointError(f"{where} ({e})") from None
     _check_scales(where, tensors)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.checkpoint import chunks, foreign, hf_config, interrupts, safetensors_io as st
+from fp8jax.checkpoint import chunks, foreign, interrupts, layouts, safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import write_json
 from fp8jax.checkpoint.metadata import KEY, QuantizedTensor, QuantMetadata
@@ -47,6 +47,7 @@ from fp8jax.quant import stats
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.scaled import dequantize, quantize
 from fp8jax.quant.scales import amax, scale_from_amax
+from fp8jax.quant.spec import NVFP4
 
 ROUNDINGS = ("nearest", "stochastic")
 """The roundings a checkpoint can be quantized with."""
@@ -62,6 +63,7 @@ Progress = Callable[[str, int], None]
 class _Conversion(Protocol):
   verb: str
   dropped_files: frozenset[str]  # a folder's top-level files not to copy
+  note: str | None  # for `Summary.note`
 
   def outputs(self, t: TensorInfo) -> list[st.Entry]:
     """The output tensors `t` becomes (none for a tensor written with another)."""
@@ -76,6 +78,9 @@ class _Conversion(Protocol):
 
   def config(self, config: dict[str, Any]) -> dict[str, Any]:
     """What a model folder's `config.json` becomes."""
+
+  def side_files(self) -> dict[str, Any]:
+    """Other JSON files a model folder gains, by name."""
 
 
 def _convert(ckpt: Checkpoint, out: str, force: bool, conversion: _Conversion,
@@ -103,10 +108,10 @@ def _convert(ckpt: Checkpoint, out: str, force: bool, conversion: _Conversion,
       weight_map.update(dict.fromkeys([e.name for e in entries], shard))
       total += sum(e.nbytes for e in entries)
     if ckpt.kind != "file":
-      _write_side_files(ckpt, path, weight_map, total, conversion.config)
+      _write_side_files(ckpt, path, weight_map, total, conversion)
       copy_others(ckpt.folder, others, path)
   return Summary(tuple(reports), ckpt.nbytes, sizes, time.perf_counter() - start,
-                 conversion.verb)
+                 conversion.verb, conversion.note)
 
 
 def _written_names(ckpt: Checkpoint) -> set[str]:
@@ -147,16 +152,18 @@ def _write_file(h: Header, path: str, entries: list[st.Entry], metadata: dict[st
 
 
 def _write_side_files(ckpt: Checkpoint, path: Callable[[str], str], weight_map: dict[str, str],
-                      total: int, config: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+                      total: int, conversion: _Conversion) -> None:
   """The index (names to shards, total tensor bytes) and, for a folder, its `config.json`
-  as `config` makes it."""
+  and other JSON files as `conversion` makes them."""
   if ckpt.index_name is not None:
     index = dict(ckpt.index or {})
     index["metadata"] = dict(index.get("metadata") or {}, total_size=total)
     index["weight_map"] = dict(sorted(weight_map.items()))
     write_json(path(ckpt.index_name), index)
   if ckpt.kind == "folder" and ckpt.config is not None:
-    write_json(path(CONFIG), config(ckpt.config))
+    write_json(path(CONFIG), conversion.config(ckpt.config))
+    for name, content in conversion.side_files().items():
+      write_json(path(name), content)
 
 
 # --- quantize ----------------------------------------------------------------
@@ -164,7 +171,8 @@ def _write_side_files(ckpt: Checkpoint, path: Callable[[str], str], weight_map: 
 def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
                         selection: Selection | None = None, rounding: str = "nearest",
                         seed: int | None = None, force: bool = False,
-                        progress: Progress | None = None, sqnr: bool = False) -> Summary:
+                        progress: Progress | None = None, sqnr: bool = False,
+                        stored: str | None = None, weight_only: bool = False) -> Summary:
   """Quantizes a checkpoint's selected weights and writes the result to `out`.
 
   Args:
@@ -179,6 +187,13 @@ def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
     progress: called after each tensor.
     sqnr: report each weight's SQNR (a dequantize and a sum per weight, in
       the same pass; it costs about as much time again as quantizing).
+    stored: the layout the weights are stored in, one of
+      `layouts.LAYOUT_NAMES`. Default: for a model folder, the first that
+      holds `layout` (`layouts.default_layout`: compressed-tensors, then
+      modelopt, then fp8jax); for a file or an index without `config.json`,
+      fp8jax (the stacks' layouts live in `config.json`).
+    weight_only: declare no activation quantization in `config.json`
+      (`layouts.Layout.quantization_config`).
 
   Returns:
     The `Summary`.
@@ -217,8 +232,29 @@ def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
     raise CheckpointError(f"{src} is already quantized by fp8jax; dequantize it first")
   if ckpt.config is not None and "quantization_config" in ckpt.config:
     raise CheckpointError(f"{src}: config.json already has a quantization_config")
-  conversion = _plan_quantize(ckpt, layout, selection or Selection(), rounding, seed, sqnr)
+  conversion = _plan_quantize(ckpt, layout, _stored_layout(ckpt, layout, stored),
+                              selection or Selection(), rounding, seed, sqnr, weight_only)
   return _convert(ckpt, out, force, conversion, progress, start)
+
+
+def _stored_layout(ckpt: Checkpoint, layout: WeightLayout, name: str | None) -> layouts.Layout:
+  """The layout `quantize_checkpoint`'s `stored` names, checked against `layout` and `ckpt`."""
+  folder = ckpt.kind == "folder" and ckpt.config is not None
+  if name is None:
+    name = layouts.default_layout(layout) if folder else "fp8jax"
+  stored = layouts.LAYOUTS.get(name) if isinstance(name, str) else None
+  if stored is None:
+    raise CheckpointError(f"stored must be one of {', '.join(layouts.LAYOUT_NAMES)} "
+                          f"(got {name!r})", param="stored")
+  why = stored.refusal(layout)
+  if why is not None:
+    raise CheckpointError(f"stored must be a layout that holds {layout.describe()}: {why}",
+                          param="stored")
+  if stored.name != "fp8jax" and not folder:
+    raise CheckpointError(f"stored must be fp8jax for a file or an index without config.json "
+                          f"(the {name} layout is described in a model folder's config.json)",
+                          param="stored")
+  return stored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,55 +262,75 @@ class _Quantize:
   """Quantizes the planned weights, each with its scale beside it; copies the rest.
 
   Attributes:
-    layout: how the weights are stored.
+    layout: how the weights are quantized.
+    stored: the layout they are stored in (names, dtypes, config).
     scales: each weight to quantize and its scale's name.
     kept: each other tensor and why it is kept.
-    rounding, seed, sqnr: as `quantize_checkpoint` takes them.
+    rounding, seed, sqnr, weight_only: as `quantize_checkpoint` takes them.
     ignored: the float weights with 2 or more dimensions left as they are.
   """
 
   layout: WeightLayout
+  stored: layouts.Layout
   scales: dict[str, str]
   kept: dict[str, str]
   rounding: str
   seed: int | None
   sqnr: bool
+  weight_only: bool
   ignored: list[str]
   verb: ClassVar[str] = "quantized"
-  dropped_files: ClassVar[frozenset[str]] = frozenset()
+
+  @property
+  def note(self) -> str | None:
+    warning = self.stored.warning
+    return None if warning is None else f"layout {self.stored.name}: {warning}"
+
+  @property
+  def dropped_files(self) -> frozenset[str]:
+    return frozenset(self.stored.side_files(self.layout, self.ignored))  # written anew
 
   def outputs(self, t: TensorInfo) -> list[st.Entry]:
-    scale = self.scales.get(t.name)
-    if scale is None:
+    if t.name not in self.scales:
       return [st.Entry(t.name, t.dtype, t.shape)]
-    return [st.Entry(t.name, self.layout.bits_dtype, t.shape),
-            st.Entry(scale, self.layout.scale_dtype, self.layout.scale_shape(t.shape))]
+    return self.stored.tensors(t.name, t.shape, self.layout)
 
   def metadata(self, h: Header) -> dict[str, str]:
-    meta = QuantMetadata(self.layout, {t.name: QuantizedTensor(t.dtype, self.scales[t.name])
-                                       for t in h.tensors if t.name in self.scales})
+    if self.stored.name != "fp8jax":
+      return dict(h.metadata)  # the stacks read config.json
+    tensors = {}
+    for t in h.tensors:
+      if t.name in self.scales:
+        codes, scale, *_ = self.stored.tensors(t.name, t.shape, self.layout)
+        tensors[codes.name] = QuantizedTensor(t.dtype, scale.name, t.name)
+    meta = QuantMetadata(self.layout, tensors)
     return dict(h.metadata, **{KEY: meta.dump()})  # the input's own metadata is kept
 
   def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer,
               staging: Staging) -> TensorReport:
     if t.name in self.scales:
-      return quantize_tensor(f, t, writer, staging, self.layout, self.scales[t.name],
-                             self.rounding, self.seed, self.sqnr)
+      return quantize_tensor(f, t, writer, staging, self.layout, self.stored, self.rounding,
+                             self.seed, self.sqnr)
     writer.copy(t.name, f, t)
     return TensorReport(t.name, t.dtype, t.shape, self.kept[t.name], t.nbytes, t.nbytes)
 
   def config(self, config: dict[str, Any]) -> dict[str, Any]:
-    qc = hf_config.quantization_config(self.layout, self.ignored)
+    qc = self.stored.quantization_config(self.layout, self.ignored, self.weight_only)
     return dict(config, quantization_config=qc)
 
+  def side_files(self) -> dict[str, Any]:
+    return self.stored.side_files(self.layout, self.ignored)
 
-def _plan_quantize(ckpt: Checkpoint, layout: WeightLayout, selection: Selection, rounding: str,
-                   seed: int | None, sqnr: bool) -> _Quantize:
+
+def _plan_quantize(ckpt: Checkpoint, layout: WeightLayout, stored: layouts.Layout,
+                   selection: Selection, rounding: str, seed: int | None, sqnr: bool,
+                   weight_only: bool) -> _Quantize:
   """Decides what becomes of each tensor, checking everything that can be checked before writing."""
   all_names = {t.name for t in ckpt.tensors}
   selection.check_globs(sorted(all_names))
   scales: dict[str, str] = {}
   kept: dict[str, str] = {}
+  taken: set[str] = set()
   for t in ckpt.tensors:
     reason = selection.reason(t)
     if not reason.startswith("quantized"):
@@ -290,14 +346,20 @@ def _plan_quantize(ckpt: Checkpoint, layout: WeightLayout, selection: Selection,
       raise CheckpointError(f"scaling {layout.scaling} needs weights of {layout.min_ndim} or "
                             f"more dimensions (tensor {t.name!r} has shape {list(t.shape)})",
                             param="scaling")
-    scale = t.name + layout.scale_suffix
-    if scale in all_names or scale in scales.values():
-      raise CheckpointError(f"tensor {t.name!r}: its scale's name {scale!r} is taken")
-    scales[t.name] = scale
+    why = stored.tensor_refusal(t.name, t.shape, layout)
+    if why is not None:  # a 3-D expert stack, a ragged group: the loaders read it unquantized
+      kept[t.name] = f"kept ({why})"
+      continue
+    codes, scale, *rest = stored.tensors(t.name, t.shape, layout)
+    for e in (codes, scale, *rest):
+      if e.name != t.name and (e.name in all_names or e.name in taken):
+        raise CheckpointError(f"tensor {t.name!r}: the name of its stored {e.name!r} is taken")
+      taken.add(e.name)
+    scales[t.name] = scale.name
   # Named in quantization_config, so that loaders keep these in high precision.
   ignored = [t.name for t in ckpt.tensors if t.name not in scales
              and t.dtype in st.FLOAT_TAGS and len(t.shape) >= 2]
-  return _Quantize(layout, scales, kept, rounding, seed, sqnr, ignored)
+  return _Quantize(layout, stored, scales, kept, rounding, seed, sqnr, weight_only, ignored)
 
 
 def _tensor_key(seed: int, name: str) -> jax.Array:
@@ -306,9 +368,9 @@ def _tensor_key(seed: int, name: str) -> jax.Array:
 
 
 def quantize_tensor(f: BinaryIO, t: TensorInfo, writer: st.Writer, staging: Staging,
-                    layout: WeightLayout, scale_name: str, rounding: str, seed: int | None,
-                    sqnr: bool) -> TensorReport:
-  """Reads one weight, writes its codes and its scale (named `scale_name`).
+                    layout: WeightLayout, stored: layouts.Layout, rounding: str,
+                    seed: int | None, sqnr: bool) -> TensorReport:
+  """Reads one weight, writes its codes and scales as `stored` lays them out.
 
   A large weight is read, quantized and written in pieces of rows (`chunks`),
   which give the same codes and scale as the whole weight at once: per
@@ -329,7 +391,9 @@ def quantize_tensor(f: BinaryIO, t: TensorInfo, writer: st.Writer, staging: Stag
       top = max(top, float(_amax(staging.device(staging.read(f, t, p.start, p.shape)))))
       staging.later(None)
     static = scale_from_amax(top, layout.fmt, pow2=layout.spec.pow2, margin=layout.spec.margin)
+  entries = stored.tensors(t.name, t.shape, layout)
   sums: list[tuple[jax.Array, ...]] = []
+  q = None
   for p in pieces or [chunks.Piece(0, t.shape, 0)]:
     interrupts.check()
     x = staging.device(staging.read(f, t, p.start, p.shape))
@@ -337,26 +401,29 @@ def quantize_tensor(f: BinaryIO, t: TensorInfo, writer: st.Writer, staging: Stag
     del x  # from here on, its buffer may be refilled
     if sqnr:
       sums.append(s)
-    staging.later(functools.partial(_write_codes, writer, t.name, scale_name, q, s, whole,
-                                    static is None))
+    # A piece writes its rows of every stored tensor; with one scale for the
+    # whole weight, only its codes (the scale follows once).
+    parts = 1 if static is not None else None
+    staging.later(functools.partial(_write_stored, writer, stored, t.name, q, s, whole, parts))
   if static is not None:
-    writer.write(scale_name, np.asarray(static))
-  nbytes = writer.nbytes(t.name) + writer.nbytes(scale_name)
+    staging.flush()
+    for name, array in list(stored.stored_tensors(t.name, q).items())[1:]:
+      writer.write(name, array)
+  nbytes = sum(writer.nbytes(e.name) for e in entries)
   return TensorReport(t.name, t.dtype, t.shape, f"quantized {layout.describe()}", t.nbytes,
                       nbytes, stats.sqnr_from_sums(sums) if sqnr else None)
 
 
-def _write_codes(writer: st.Writer, name: str, scale_name: str, q: QArray, sums: Any,
-                 whole: bool, with_scale: bool) -> None:
-  """Writes a weight's (or a piece's) codes and, `with_scale`, its scale."""
+def _write_stored(writer: st.Writer, stored: layouts.Layout, name: str, q: QArray, sums: Any,
+                  whole: bool, parts: int | None) -> None:
+  """Writes what `stored` keeps of a weight (or of a piece: its first `parts` tensors)."""
   jax.block_until_ready((q, sums))  # every output of the step, before its input is refilled
-  if whole:
-    writer.write(name, np.asarray(q.bits))
-    writer.write(scale_name, np.asarray(q.scale))
-    return
-  writer.write_part(name, np.asarray(q.bits))
-  if with_scale:
-    writer.write_part(scale_name, np.asarray(q.scale))
+  arrays = list(stored.stored_tensors(name, q).items())
+  for stored_name, array in arrays[:parts]:
+    if whole:
+      writer.write(stored_name, array)
+    else:
+      writer.write_part(stored_name, array)
 
 
 def _pieces(t: TensorInfo, layout: WeightLayout) -> list[chunks.Piece] | None:
@@ -364,6 +431,8 @@ def _pieces(t: TensorInfo, layout: WeightLayout) -> list[chunks.Piece] | None:
   block = layout.block
   if len(t.shape) < 2 and layout.spec.kind != "tensor":
     return None  # a 1-D weight's one group per axis, or its blocks: whole
+  if layout.spec.kind == NVFP4.kind:
+    return None  # one tensor scale from the whole weight's amax
   unit = block[0] if block is not None and len(block) == 2 and len(t.shape) == 2 else 1
   return chunks.split(t.shape, st.DTYPES[t.dtype].itemsize, unit)
 
@@ -454,11 +523,14 @@ class _Dequantize:
   scales: frozenset[str]
   verb: ClassVar[str] = "dequantized"
   dropped_files: ClassVar[frozenset[str]] = frozenset()
+  note: ClassVar[str | None] = None
 
   def outputs(self, t: TensorInfo) -> list[st.Entry]:
     if t.name in self.scales:
       return []
-    return [st.Entry(t.name, self.targets.get(t.name, t.dtype), t.shape)]
+    entry = self.weights.get(t.name)
+    name = t.name if entry is None else entry[0].name or t.name
+    return [st.Entry(name, self.targets.get(t.name, t.dtype), t.shape)]
 
   def metadata(self, h: Header) -> dict[str, str]:
     return {k: v for k, v in h.metadata.items() if k != KEY}
@@ -472,10 +544,13 @@ class _Dequantize:
       return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
     entry, scale = self.weights[t.name]
     return dequantize_tensor(f, t, scale, writer, staging, self.layout, entry.dtype,
-                             self.targets[t.name])
+                             self.targets[t.name], entry.name or t.name)
 
   def config(self, config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "quantization_config"}
+
+  def side_files(self) -> dict[str, Any]:
+    return {}
 
 
 def _plan_dequantize(ckpt: Checkpoint, dtype: str | None) -> _Dequantize:
@@ -512,6 +587,7 @@ class _ForeignDequantize:
   plan: foreign.ForeignPlan
   target: str | None
   verb: ClassVar[str] = "dequantized"
+  note: ClassVar[str | None] = None
 
   @property
   def dropped_files(self) -> frozenset[str]:
@@ -553,11 +629,15 @@ class _ForeignDequantize:
   def config(self, config: dict[str, Any]) -> dict[str, Any]:
     return self.plan.config(config)
 
+  def side_files(self) -> dict[str, Any]:
+    return {}
+
 
 def dequantize_tensor(f: BinaryIO, t: TensorInfo, scale: TensorInfo, writer: st.Writer,
-                      staging: Staging, layout: WeightLayout, dtype: str,
-                      target: str) -> TensorReport:
-  """Reads one quantized weight (original dtype tag `dtype`) and its scale; writes it as `target`.
+                      staging: Staging, layout: WeightLayout, dtype: str, target: str,
+                      name: str) -> TensorReport:
+  """Reads one quantized weight's codes `t` (original dtype tag `dtype`) and its scale;
+  writes the weight as `target`, named `name`.
 
   A large weight goes in pieces of rows, each with the rows of the scale it
   needs, as `quantize_tensor` wrote it; the writes run behind (`staging`).
@@ -578,9 +658,9 @@ def dequantize_tensor(f: BinaryIO, t: TensorInfo, scale: TensorInfo, writer: st.
     done += math.prod(shape)
     values = _dequantize_step(bits, scale_values, layout=layout, dtype=dtype, target=target)
     del bits, scale_values  # from here on, their buffers may be refilled
-    staging.later(functools.partial(_write_values, writer, t.name, values, whole))
-  return TensorReport(t.name, t.dtype, t.shape, f"dequantized to {target}",
-                      t.nbytes + scale.nbytes, writer.nbytes(t.name))
+    staging.later(functools.partial(_write_values, writer, name, values, whole))
+  return TensorReport(name, t.dtype, t.shape, f"dequantized to {target}",
+                      t.nbytes + scale.nbytes, writer.nbytes(name))
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "dtype", "target"))

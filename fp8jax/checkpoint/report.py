@@ -41,13 +41,15 @@ class TensorReport:
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-  """The whole run: per-tensor reports, file sizes and time."""
+  """The whole run: per-tensor reports, file sizes and time; `note`, what to tell about the
+  output (the command line prints it on stderr)."""
 
   tensors: tuple[TensorReport, ...]
   bytes_before: int
   bytes_after: int
   seconds: float
   verb: str
+  note: str | None = None
 
   @property
   def changed(self) -> list[TensorReport]:

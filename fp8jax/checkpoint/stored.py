@@ -29,7 +29,7 @@ from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.core.formats import EXTERNAL_NAMES, FORMATS, Format, get_format
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.scaled import quantize
-from fp8jax.quant.spec import MX, MX_ELEMENTS, QuantSpec, Tensor
+from fp8jax.quant.spec import MX, MX_ELEMENTS, QuantSpec
 
 SCALINGS = ("tensor", "axis", "block:B", "block:BxC", "mx")
 """The spellings `--scaling` accepts (B, C positive integers; "channel" is "axis")."""
@@ -140,21 +140,6 @@ class WeightLayout:
   def scale_dtype(self) -> str:
     """The safetensors dtype of the scale: F32, or U8 e8m0fnu codes for MX."""
     return "U8" if self.spec.kind == MX.kind else "F32"
-
-  @property
-  def vllm_fp8(self) -> bool:
-    """Whether vLLM's `fp8` method loads this layout: e4m3fn, per tensor or 128x128 tiles."""
-    return self.fmt.name == "e4m3fn" and self.scaling in ("tensor", "block:128x128")
-
-  @property
-  def scale_suffix(self) -> str:
-    """Appended to a weight's name to name its scale.
-
-    `_scale_inv` for 128x128 tiles, the name vLLM's and transformers' block
-    FP8 loaders expect (it holds the dequantizing multiplier all the same);
-    `_scale` otherwise (`X.weight` -> `X.weight_scale`).
-    """
-    return "_scale_inv" if self.vllm_fp8 and self.spec.kind != Tensor.kind else "_scale"
 
   def describe(self) -> str:
     return f"{self.fmt.name} {self.scaling}"

@@ -2,7 +2,7 @@
 
     fp8jax quantize IN OUT [--format e4m3fn] [--scaling tensor|axis|block:B|block:BxC|mx]
                            [--rounding nearest|stochastic --seed N] [--include GLOB ...]
-                           [--exclude GLOB ...] [--sqnr] [--force] [-v] [-q]
+                           [--exclude GLOB ...] [--layout L] [--weight-only] [--sqnr] [--force] [-v] [-q]
     fp8jax dequantize IN OUT [--dtype bf16|f16|f32] [--force] [-v] [-q]
     fp8jax inspect FILE [--format F ...] [--scaling S ...] [--match GLOB ...] [--plot out.png]
     fp8jax formats
@@ -34,6 +34,7 @@ import sys
 from fp8jax.checkpoint import inspection, interrupts
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import remove_temporaries
+from fp8jax.checkpoint.layouts import LAYOUT_NAMES
 from fp8jax.checkpoint.pipeline import (
   DTYPE_TAGS,
   ROUNDINGS,
@@ -59,6 +60,7 @@ FLAGS = {
     "seed": "--seed",
     "include": "--include",
     "exclude": "--exclude",
+    "stored": "--layout",
     "dtype": "--dtype",
     "match": "--match",
     "force": "--force",
@@ -117,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
                  help="also quantize matching float tensors with >= 2 dims (repeatable)")
   q.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                  help="do not quantize matching tensors; wins over --include (repeatable)")
+  q.add_argument("--layout", default=None, choices=LAYOUT_NAMES,
+                 help="how the weights are stored: compressed-tensors (transformers and vLLM "
+                 "load it), vllm (vLLM's fp8: e4m3fn per tensor or 128x128 tiles), modelopt "
+                 "(NVFP4), fp8jax (any format; only fp8jax dequantize reads it). Default: for a "
+                 "model folder the first of these that holds the format and scaling, else fp8jax")
+  q.add_argument("--weight-only", action="store_true",
+                 help="declare no activation quantization (default for e4m3fn per tensor, per "
+                 "channel and 2-D blocks in compressed-tensors: dynamic FP8 activations, as "
+                 "vLLM serves them)")
   q.add_argument("--sqnr", action="store_true",
                  help="report each weight's SQNR (worst in the summary, each with -v); "
                  "takes about as long again")
@@ -169,7 +180,10 @@ def _quantize(args) -> int:
   with progress_bar(args.src, args.quiet) as step:
     summary = quantize_checkpoint(args.src, args.out, layout, selection=selection,
                                   rounding=args.rounding, seed=args.seed, force=args.force,
-                                  progress=step, sqnr=args.sqnr)
+                                  progress=step, sqnr=args.sqnr, stored=args.layout,
+                                  weight_only=args.weight_only)
+  if summary.note and not args.quiet:
+    print(f"fp8jax: note: {summary.note}", file=sys.stderr)
   _print_summary(summary, args)
   return 0
 
