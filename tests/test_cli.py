@@ -424,3 +424,41 @@ def test_progress_bar_follows_large_checkpoints_tensor_by_tensor(single, tmp_pat
   assert capsys.readouterr().out.startswith("quantized 4 tensors")
   assert cli.main(["quantize", src, str(tmp_path / "q2.safetensors"), "-q"]) == 0
   assert term.getvalue() == bar  # -q: no bar
+
+
+@pytest.mark.parametrize("scaling,layout,names", [
+    ("nvfp4", "compressed-tensors",
+     ("weight_packed", "weight_scale", "weight_global_scale")),
+    ("nvfp4:modelopt", "modelopt", ("weight", "weight_scale", "weight_scale_2")),
+])
+def test_nvfp4_folders_are_written_in_the_stacks_layouts_and_read_back(tmp_path, scaling, layout,
+                                                                       names):
+  tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in fx.example(seed=4).items()
+             if k.endswith("proj.weight") or k == "lm_head.weight"}
+  tensors["model.layers.0.self_attn.q_proj.weight"] = tensors[
+      "model.layers.0.self_attn.q_proj.weight"][:128]  # the input axis: a multiple of 16
+  src, config = _model_folder(tmp_path, tensors)
+  q, back = tmp_path / "q", tmp_path / "back"
+  run("quantize", str(src), str(q), "--format", "e2m1fn", "--scaling", scaling)
+  with open(q / "config.json") as f:
+    qc = json.load(f)["quantization_config"]
+  assert qc["quant_method"] == layout
+  assert (q / "hf_quant_config.json").exists() == (layout == "modelopt")
+  got = {}
+  for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+    got.update(fx.load(str(q / shard)))
+  proj = "model.layers.0.mlp.up_proj"  # down_proj, [64, 200], is kept: 200 is no multiple of 16
+  assert {n for n in got if n.startswith(proj)} == {f"{proj}.{n}" for n in names}
+  run("dequantize", str(q), str(back))
+  got = {}
+  for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+    got.update({k: fx.to_numpy(v) for k, v in fx.load(str(back / shard)).items()})
+  assert set(got) == set(tensors)
+  rule = scaling.partition(":")[2] or "compressed-tensors"
+  for name, x in tensors.items():
+    if name in ("lm_head.weight", "model.layers.0.mlp.down_proj.weight"):
+      assert got[name].tobytes() == x.tobytes()
+      continue
+    q_ = fp8jax.quantize(jnp.asarray(x), "e2m1fn", scaling="nvfp4", nvfp4_rule=rule)
+    want = np.asarray(fp8jax.dequantize(q_, jnp.bfloat16))
+    assert got[name].view(np.uint16).tobytes() == want.view(np.uint16).tobytes(), name

@@ -333,7 +333,9 @@ def test_qarray_carries_the_tensor_scale_through_jit_and_vmap():
      "tiles cover the last two axes"),
     (lambda x: fp8jax.quantize(x[0], "e2m1fn", scaling="nvfp4", nvfp4_rule="te",
                                block_size=(16, 16)), ValueError, "at least two axes"),
-    (lambda x: fp8jax.QuantSpec.parse("e2m1fn", "nvfp4:te"), ValueError, "scaling must be"),
+    (lambda x: fp8jax.QuantSpec.parse("e2m1fn", "nvfp4:vllm"), ValueError,
+     "the NVFP4 rule must be one of"),
+    (lambda x: fp8jax.QuantSpec.parse("e2m1fn", "nvfp4:te:32x32"), ValueError, "scaling must be"),
 ])
 def test_bad_arguments_are_named_errors(call, error, match):
   with pytest.raises(error, match=match):

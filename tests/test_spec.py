@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fp8jax
-from fp8jax import MX, Axis, Block, QuantSpec, Static, Tensor
+from fp8jax import MX, NVFP4, Axis, Block, QuantSpec, Static, Tensor
 
 SHAPES = [(), (5,), (0,), (3, 0), (4, 6), (7, 130), (3, 5, 33), (2, 0, 40), (129, 257)]
 GRANULARITIES = [
@@ -102,12 +102,16 @@ def test_specs_are_hashable_values_and_jit_static():
 @pytest.mark.parametrize("text,g", [
     ("tensor", Tensor()), ("axis", Axis(-1)), ("channel", Axis(-1)),
     ("block:128", Block((128,))), ("block:128x64", Block((128, 64))), ("mx", MX()),
+    ("mx:rceil", MX(rule="rceil")), ("nvfp4", NVFP4("compressed-tensors")),
+    ("nvfp4:te", NVFP4("te")), ("nvfp4:torchao:16x16", NVFP4("torchao", block=(16, 16))),
 ])
 def test_parse_and_spelling(text, g):
-  spec = QuantSpec.parse("e4m3fn", text)
+  fmt = "e2m1fn" if text.startswith("nvfp4") else "e4m3fn"
+  spec = QuantSpec.parse(fmt, text)
   assert spec.granularity == g
-  assert QuantSpec.parse("e4m3fn", spec.spelling()) == spec
-  assert spec.spelling() == ("axis" if text == "channel" else text)
+  assert QuantSpec.parse(fmt, spec.spelling()) == spec
+  spelled = {"channel": "axis", "nvfp4": "nvfp4:compressed-tensors"}
+  assert spec.spelling() == spelled.get(text, text)
 
 
 @pytest.mark.parametrize("build,error,match", [

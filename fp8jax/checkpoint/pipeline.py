@@ -250,6 +250,11 @@ def _stored_layout(ckpt: Checkpoint, layout: WeightLayout, name: str | None) -> 
   if why is not None:
     raise CheckpointError(f"stored must be a layout that holds {layout.describe()}: {why}",
                           param="stored")
+  if stored.name == "fp8jax" and layout.spec.kind == NVFP4.kind:
+    raise CheckpointError(f"stored must be compressed-tensors (NVFP4 of rule compressed-tensors) "
+                          f"or modelopt (rules modelopt and torchao) in a model folder: "
+                          f"fp8jax's own layout has no place for NVFP4's tensor scale (got "
+                          f"{layout.describe()})", param="stored")
   if stored.name != "fp8jax" and not folder:
     raise CheckpointError(f"stored must be fp8jax for a file or an index without config.json "
                           f"(the {name} layout is described in a model folder's config.json)",

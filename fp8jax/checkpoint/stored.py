@@ -15,6 +15,9 @@ Scalings, for a weight of shape `[..., out, in]` (2-D weights are `[out, in]`):
 | `block:B` | `scaling="block", block_size=B` (along the last axis) | `[..., out, ceil(in/B)]` |
 | `block:BxC` | `scaling="block", block_size=(B, C)` (tiles) | `[..., ceil(out/B), ceil(in/C)]` |
 | `mx` | `scaling="mx"` (32 along the last axis) | `[..., out, ceil(in/32)]`, uint8 e8m0fnu codes |
+| `nvfp4[:RULE]` | `scaling="nvfp4", nvfp4_rule=RULE` (16 along the last axis) | `[..., out, in/16]`, e4m3fn codes, and a float32 tensor scale |
+
+How each stack lays these out on disk (names, packing, `config.json`) is `layouts`'.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.core.formats import EXTERNAL_NAMES, FORMATS, Format, get_format
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.scaled import quantize
-from fp8jax.quant.spec import MX, MX_ELEMENTS, QuantSpec
+from fp8jax.quant.spec import MX, MX_ELEMENTS, NVFP4, QuantSpec
 
 SCALINGS = ("tensor", "axis", "block:B", "block:BxC", "mx")
 """The spellings `--scaling` accepts (B, C positive integers; "channel" is "axis")."""
@@ -83,6 +86,9 @@ class WeightLayout:
         is "fmt" or "scaling".
     """
     f = signed_format(fmt, "fmt")
+    if isinstance(scaling, str) and scaling.startswith(NVFP4.kind) and f.name != "e2m1fn":
+      raise CheckpointError(f"scaling {scaling} needs the format e2m1fn (got {fmt!r})",
+                            param="scaling")
     if scaling == MX.kind and f.name not in MX_ELEMENTS:
       # Said here rather than by QuantSpec, whose message is about its own `scaling='mx'`.
       raise CheckpointError(f"scaling mx needs an MX element format, one of "

@@ -217,6 +217,10 @@ GRANULARITIES = (Tensor, Axis, Block, MX, NVFP4, Static)
 KINDS = tuple(g.kind for g in GRANULARITIES if g is not Static)
 _SPELLING = re.compile(r"block:([1-9][0-9]*)(?:x([1-9][0-9]*))?")
 _MX_SPELLING = re.compile(r"mx:([a-z]+)")
+_NVFP4_SPELLING = re.compile(r"nvfp4(?::([a-z-]+))?(?::(16x16))?")
+NVFP4_DEFAULT_RULE = "compressed-tensors"
+"""The NVFP4 rule of the spelling "nvfp4": compressed-tensors', whose checkpoints
+transformers and vLLM load."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,8 +386,7 @@ class QuantSpec:
 
   def spelling(self) -> str:
     """The command line's spelling of the granularity: "tensor", "axis", "block:BxC", "mx",
-    "mx:RULE" (MX rules other than floor); NVFP4 is "nvfp4:RULE", which `parse` refuses
-    (the checkpoint layouts have no place for its per-tensor scale)."""
+    "mx:RULE" (MX rules other than floor), "nvfp4:RULE" ("nvfp4:RULE:16x16" for tiles)."""
     g = self.granularity
     if isinstance(g, Block):
       return "block:" + "x".join(map(str, g.sizes))
@@ -400,9 +403,12 @@ class QuantSpec:
 
     Spellings: "tensor", "axis" (also "channel": per output channel, along
     the last axis), "block:B" (along the last axis), "block:BxC" (tiles of
-    the last two axes), "mx", "mx:RULE" (RULE one of `MX_RULES`).
+    the last two axes), "mx", "mx:RULE" (RULE one of `MX_RULES`), "nvfp4",
+    "nvfp4:RULE", "nvfp4:RULE:16x16" (RULE one of `NVFP4_RULES`; "nvfp4"
+    alone is `NVFP4_DEFAULT_RULE`'s).
     """
     mx = _MX_SPELLING.fullmatch(scaling) if isinstance(scaling, str) else None
+    nv = _NVFP4_SPELLING.fullmatch(scaling) if isinstance(scaling, str) else None
     if scaling == "tensor":
       g: Granularity = Tensor()
     elif scaling in ("axis", "channel"):
@@ -411,11 +417,14 @@ class QuantSpec:
       g = MX()
     elif mx is not None:
       g = MX(rule=mx.group(1))
+    elif nv is not None:
+      rule, tiles = nv.group(1) or NVFP4_DEFAULT_RULE, nv.group(2)
+      g = NVFP4(rule, block=(16, 16) if tiles else 16)
     else:
       m = _SPELLING.fullmatch(scaling) if isinstance(scaling, str) else None
       if m is None:
-        raise ValueError("scaling must be tensor, axis, block:B, block:BxC, mx or mx:RULE, B "
-                         f"and C positive integers (got {scaling!r})")
+        raise ValueError("scaling must be tensor, axis, block:B, block:BxC, mx, mx:RULE, nvfp4 "
+                         f"or nvfp4:RULE, B and C positive integers (got {scaling!r})")
       g = Block(tuple(int(s) for s in m.groups() if s is not None))
     return cls(fmt, g, **options)
 
