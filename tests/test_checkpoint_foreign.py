@@ -519,3 +519,19 @@ def test_fp8jax_dequantize_refuses_an_inconsistent_checkpoint(tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and f"{M}.weight" in err[0], err
   assert not (tmp_path / "out").exists()
+
+
+def test_fp8jax_inspect_shows_what_each_weight_dequantizes_to(tmp_path, capsys):
+  from fp8jax import cli
+
+  make_scheme, shape, wdtype = CT_CASES["fp8-block-bf16-edges"]
+  ref.ct_checkpoint(str(tmp_path), make_scheme(), _wide(shape, wdtype, seed=9))
+  want = ref.ct_dequantize(str(tmp_path))[f"{M}.weight"].float()
+  assert cli.main(["inspect", str(tmp_path), "--match", f"{M}*"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "quantized by compressed-tensors float-quantized (block)"
+  line = next(x for x in lines if x.startswith(f"{M}.weight  F8_E4M3 [10, 20]  -> "))
+  top = float(line.split("amax ")[1].split(";")[0])
+  assert top == pytest.approx(float(want.abs().max()), rel=1e-5)
+  assert f"scales {M}.weight_scale" in line
+  assert not any(x.startswith(f"{M}.weight_scale ") for x in lines)  # shown with its weight

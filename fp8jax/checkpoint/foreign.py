@@ -71,7 +71,7 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -140,6 +140,18 @@ class ForeignWeight:
       the output dtype gives the producer's result.
     """
     raise NotImplementedError(f"{type(self).__name__} does not dequantize")
+
+  def read(self, f: BinaryIO | None = None) -> np.ndarray:
+    """Reads the inputs (those in the open file `f` from it, the others from their own
+    files) and returns `dequantize` of them."""
+    arrays = []
+    for path, info in self.inputs:
+      if f is not None and os.path.samefile(path, f.name):
+        arrays.append(st.read_tensor(f, info))
+      else:  # a scale in another shard
+        with open(path, "rb") as g:
+          arrays.append(st.read_tensor(g, info))
+    return self.dequantize(arrays)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.checkpoint import chunks, interrupts, safetensors_io as st
+from fp8jax.checkpoint import chunks, foreign, interrupts, safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.files import atomic_write
 from fp8jax.checkpoint.metadata import QuantMetadata
@@ -170,9 +170,12 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
   for h, meta in zip(ckpt.headers, metas, strict=True):
     if meta is not None:
       meta.check(h)  # every file, before the first line
+  plan = foreign.detect(ckpt) if merged is None else None
   if merged is not None:
     yield (f"quantized by fp8jax: format {merged.layout.fmt.name}, "
            f"scaling {merged.layout.scaling}")
+  elif plan is not None:
+    yield f"quantized by {plan.producer}"
   columns = (f"{'':4s}{'format':<12s} {'scaling':<14s} {'overflow':>9s} {'underflow':>10s} "
              f"{'SQNR dB':>8s}")
   for h, meta in zip(ckpt.headers, metas, strict=True):
@@ -183,7 +186,12 @@ def inspect_checkpoint(path: str, *, formats: Sequence[str] = DEFAULT_FORMATS,
       for t in h.tensors:
         if not _matches(t.name, match) or t.name in scales:
           continue
+        if plan is not None and t.name in plan.consumed:
+          continue  # a scale, shown with its weight
         head = f"{printable(t.name)}  {t.dtype} [{', '.join(map(str, t.shape))}]"
+        if plan is not None and t.name in plan.weights:
+          yield head + "  " + _describe_foreign(f, plan.weights[t.name])
+          continue
         if t.name in quantized:
           entry = quantized[t.name]
           if entry.name is not None:  # the weight's own name, not its codes'
@@ -214,6 +222,19 @@ def _describe_quantized(f, scale_info: TensorInfo, dtype: str, meta: QuantMetada
     rng = f"in {scale.min():.6g} .. {scale.max():.6g}"
   return (f"{meta.layout.describe()} (was {dtype}); scale {printable(scale_info.name)} "
           f"{scale_info.dtype} [{', '.join(map(str, scale_info.shape))}] {rng}")
+
+
+def _describe_foreign(f, w: foreign.ForeignWeight) -> str:
+  """Another stack's weight: what it dequantizes to, its scales, the values' range."""
+  interrupts.check()
+  values = w.read(f)
+  finite = np.isfinite(values)
+  top = float(np.abs(values[finite]).max()) if finite.any() else 0.0
+  scales = ", ".join(f"{printable(i.info.name)} {i.info.dtype} [{', '.join(map(str, i.info.shape))}]"
+                     for i in w.inputs[1:])
+  bad = "" if finite.all() else f", {int((~finite).sum())} not finite"
+  return (f"-> {printable(w.name)} {w.dtype} [{', '.join(map(str, w.shape))}], amax {top:.6g}"
+          f"{bad}; scales {scales}")
 
 
 def format_names(formats: Sequence[str]) -> tuple[str, ...]:

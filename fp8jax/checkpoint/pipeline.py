@@ -617,15 +617,8 @@ class _ForeignDequantize:
     if w is None:
       writer.copy(t.name, f, t)
       return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
-    arrays = []
-    for path, info in w.inputs:
-      if os.path.samefile(path, f.name):
-        arrays.append(st.read_tensor(f, info))
-      else:  # a scale in another shard
-        with open(path, "rb") as g:
-          arrays.append(st.read_tensor(g, info))
     target = self.target or w.dtype
-    values = w.dequantize(arrays).astype(st.DTYPES[target])
+    values = w.read(f).astype(st.DTYPES[target])
     writer.write(w.name, values)
     return TensorReport(w.name, t.dtype, w.shape, f"dequantized to {target} "
                         f"({self.plan.producer})", sum(i.info.nbytes for i in w.inputs),
