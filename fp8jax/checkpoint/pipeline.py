@@ -673,3 +673,194 @@ def _write_values(writer: st.Writer, name: str, values: jax.Array, whole: bool) 
     writer.write(name, array)
   else:
     writer.write_part(name, array)
+
+
+# --- convert -----------------------------------------------------------------
+
+def convert_checkpoint(src: str, out: str, stored: str, *, weight_only: bool = False,
+                       force: bool = False, progress: Progress | None = None) -> Summary:
+  """Rewrites a quantized model folder in another layout, without quantizing again.
+
+  The codes and scales are carried over as they are (`layouts.Layout.qarray`
+  reads them, the target's `stored_tensors` writes them), so every weight
+  dequantizes to the same values. Layouts that cannot hold the source's
+  format and scaling are refused with the reason: ModelOpt's NVFP4 and
+  compressed-tensors' follow different tensor-scale rules, for instance.
+
+  Args:
+    src: a model folder quantized in one of `layouts.LAYOUT_NAMES` (a
+      `quantization_config` in its `config.json`), by fp8jax or another stack
+      whose config reads as one of them.
+    out: the output folder.
+    stored: the target layout.
+    weight_only: as `quantize_checkpoint`'s.
+    force: replace an existing `out`.
+    progress: called after each tensor.
+
+  Returns:
+    The `Summary`.
+
+  Raises:
+    CheckpointError: bad input or arguments; nothing is written.
+  """
+  start = time.perf_counter()
+  ckpt = open_checkpoint(src)
+  target = layouts.LAYOUTS.get(stored) if isinstance(stored, str) else None
+  if target is None:
+    raise CheckpointError(f"stored must be one of {', '.join(layouts.LAYOUT_NAMES)} "
+                          f"(got {stored!r})", param="stored")
+  source, wl, weights, plan = _stored_weights(ckpt)
+  if source.name == target.name:
+    raise CheckpointError(f"{src} is already in the {target.name} layout", param="stored")
+  why = target.refusal(wl)
+  if why is not None:
+    raise CheckpointError(f"stored must be a layout that holds the {wl.describe()} weights of "
+                          f"{src}: {why}", param="stored")
+  if target.name != "fp8jax" and (ckpt.kind != "folder" or ckpt.config is None):
+    raise CheckpointError(f"stored must be fp8jax for a file or an index without config.json "
+                          f"(got {target.name})", param="stored")
+  at = {t.name: (h.path, t) for h in ckpt.headers for t in h.tensors}
+  parts: dict[str, list[str]] = {}
+  for codes, (name, shape, _) in weights.items():
+    why = target.tensor_refusal(name, shape, wl)
+    if why is not None:
+      raise CheckpointError(f"tensor {name!r}: {why}", param="stored")
+    parts[codes] = [e.name for e in source.tensors(name, shape, wl)]
+    for e in source.tensors(name, shape, wl):
+      t = at.get(e.name, (None, None))[1]
+      if t is None or t.dtype != e.dtype or t.shape != e.shape:
+        got = "missing" if t is None else f"{t.dtype} {list(t.shape)}"
+        raise CheckpointError(f"tensor {e.name!r}: the {source.name} layout stores it as "
+                              f"{e.dtype} {list(e.shape)} ({got})")
+  consumed = {n for names in parts.values() for n in names} | (plan.consumed if plan else set())
+  quantized = {name for name, _, _ in weights.values()}
+  ignored = [t.name for t in ckpt.tensors if t.name not in consumed and t.name not in quantized
+             and t.dtype in st.FLOAT_TAGS and len(t.shape) >= 2]
+  conversion = _Relayout(source, target, wl, weights, parts, frozenset(consumed), at, ignored,
+                         weight_only, plan)
+  return _convert(ckpt, out, force, conversion, progress, start)
+
+
+def _stored_weights(ckpt: Checkpoint) -> tuple[layouts.Layout, WeightLayout,
+                                                dict[str, tuple[str, tuple[int, ...], str]],
+                                                foreign.ForeignPlan | None]:
+  """The layout a checkpoint is stored in, its weights' `WeightLayout`, and each weight by its
+  codes tensor: (its name, shape and original dtype tag)."""
+  meta = QuantMetadata.merged(ckpt.headers)
+  if meta is not None:
+    shapes = {t.name: t.shape for t in ckpt.tensors}
+    old = [n for n, e in meta.tensors.items() if e.name is None]
+    if old:
+      raise CheckpointError(f"{ckpt.path}: written by an earlier fp8jax (the codes of {old[0]!r} "
+                            "under the weight's name); dequantize it and quantize it again")
+    weights = {codes: (e.name, shapes[codes], e.dtype) for codes, e in meta.tensors.items()}
+    return layouts.LAYOUTS["fp8jax"], meta.layout, weights, None
+  qc = (ckpt.config or {}).get("quantization_config")
+  if not isinstance(qc, dict):
+    raise CheckpointError(f"{ckpt.path} is not quantized: no {KEY} metadata and no "
+                          "quantization_config in config.json")
+  try:
+    source, wl = layouts.read_config(qc)
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"{ckpt.path}: its quantization_config is not a layout fp8jax "
+                          f"converts ({e}); fp8jax dequantize reads it") from None
+  plan = foreign.detect(ckpt)
+  if plan is None:
+    raise CheckpointError(f"{ckpt.path}: no quantized weights found")
+  weights = {codes: (w.name, w.shape, w.dtype) for codes, w in plan.weights.items()}
+  return source, wl, weights, plan
+
+
+@dataclasses.dataclass(frozen=True)
+class _Relayout:
+  """Rewrites each quantized weight's stored tensors in the `target` layout; copies the rest.
+
+  Attributes:
+    source, target: the layouts read and written.
+    layout: the weights' format and scaling.
+    weights: each weight by its codes tensor: (name, shape, original dtype tag).
+    parts: each weight's stored tensors in `source`, by its codes tensor.
+    consumed: every stored tensor read with a weight, or dropped with its quantization.
+    at: each input tensor's file and header entry.
+    ignored: the float weights with 2 or more dimensions left unquantized.
+    weight_only: as `quantize_checkpoint`'s.
+    plan: what `foreign.detect` found (None for the fp8jax layout).
+  """
+
+  source: layouts.Layout
+  target: layouts.Layout
+  layout: WeightLayout
+  weights: dict[str, tuple[str, tuple[int, ...], str]]
+  parts: dict[str, list[str]]
+  consumed: frozenset[str]
+  at: dict[str, tuple[str, TensorInfo]]
+  ignored: list[str]
+  weight_only: bool
+  plan: foreign.ForeignPlan | None
+  verb: ClassVar[str] = "converted"
+
+  @property
+  def note(self) -> str | None:
+    warning = self.target.warning
+    return None if warning is None else f"layout {self.target.name}: {warning}"
+
+  @property
+  def dropped_files(self) -> frozenset[str]:
+    old = self.plan.dropped_files if self.plan is not None else frozenset()
+    return old | frozenset(self.target.side_files(self.layout, self.ignored))
+
+  def outputs(self, t: TensorInfo) -> list[st.Entry]:
+    if t.name in self.weights:
+      name, shape, _ = self.weights[t.name]
+      return self.target.tensors(name, shape, self.layout)
+    if t.name in self.consumed:
+      return []
+    return [st.Entry(t.name, t.dtype, t.shape)]
+
+  def metadata(self, h: Header) -> dict[str, str]:
+    kept = {k: v for k, v in h.metadata.items() if k != KEY}
+    if self.target.name != "fp8jax":
+      return kept
+    tensors = {}
+    for t in h.tensors:
+      if t.name in self.weights:
+        name, shape, dtype = self.weights[t.name]
+        codes, scale, *_ = self.target.tensors(name, shape, self.layout)
+        tensors[codes.name] = QuantizedTensor(dtype, scale.name, name)
+    return dict(kept, **{KEY: QuantMetadata(self.layout, tensors).dump()})
+
+  def convert(self, f: BinaryIO, t: TensorInfo, writer: st.Writer,
+              staging: Staging) -> TensorReport | None:
+    del staging
+    if t.name not in self.weights:
+      if t.name in self.consumed:
+        return None
+      writer.copy(t.name, f, t)
+      return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
+    interrupts.check()
+    name, _, dtype = self.weights[t.name]
+    stored = {}
+    for part in self.parts[t.name]:
+      path, info = self.at[part]
+      if os.path.samefile(path, f.name):
+        stored[part] = st.read_tensor(f, info)
+      else:
+        with open(path, "rb") as g:
+          stored[part] = st.read_tensor(g, info)
+    q = self.source.qarray(name, stored, self.layout, st.DTYPES[dtype])
+    nbytes = 0
+    for stored_name, array in self.target.stored_tensors(name, q).items():
+      writer.write(stored_name, array)
+      nbytes += array.nbytes
+    return TensorReport(name, dtype, self.weights[t.name][1],
+                        f"{self.source.name} -> {self.target.name}",
+                        sum(a.nbytes for a in stored.values()), nbytes)
+
+  def config(self, config: dict[str, Any]) -> dict[str, Any]:
+    config = self.plan.config(config) if self.plan is not None else dict(config)
+    config.pop("quantization_config", None)
+    qc = self.target.quantization_config(self.layout, self.ignored, self.weight_only)
+    return dict(config, quantization_config=qc)
+
+  def side_files(self) -> dict[str, Any]:
+    return self.target.side_files(self.layout, self.ignored)

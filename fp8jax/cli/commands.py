@@ -4,6 +4,7 @@
                            [--rounding nearest|stochastic --seed N] [--include GLOB ...]
                            [--exclude GLOB ...] [--layout L] [--weight-only] [--sqnr] [--force] [-v] [-q]
     fp8jax dequantize IN OUT [--dtype bf16|f16|f32] [--force] [-v] [-q]
+    fp8jax convert IN OUT --layout L [--weight-only] [--force] [-v] [-q]
     fp8jax inspect FILE [--format F ...] [--scaling S ...] [--match GLOB ...] [--plot out.png]
     fp8jax formats
     fp8jax demo [--tour]
@@ -38,6 +39,7 @@ from fp8jax.checkpoint.layouts import LAYOUT_NAMES
 from fp8jax.checkpoint.pipeline import (
   DTYPE_TAGS,
   ROUNDINGS,
+  convert_checkpoint,
   dequantize_checkpoint,
   quantize_checkpoint,
 )
@@ -133,12 +135,22 @@ def _parser() -> argparse.ArgumentParser:
                  "takes about as long again")
   _common(q)
 
-  d = sub.add_parser("dequantize", help="turn an fp8jax-quantized checkpoint back into a plain one")
+  d = sub.add_parser("dequantize", help="turn a quantized checkpoint back into a plain one")
   d.add_argument("src", metavar="IN")
   d.add_argument("out", metavar="OUT")
   d.add_argument("--dtype", choices=tuple(DTYPE_TAGS), default=None,
                  help="dtype of the dequantized weights (default: each weight's original)")
   _common(d)
+
+  c = sub.add_parser("convert", help="rewrite a quantized model folder in another layout",
+                     description="Rewrite a quantized model folder in another stored layout, "
+                     "carrying the codes and scales over as they are (no quantizing again).")
+  c.add_argument("src", metavar="IN")
+  c.add_argument("out", metavar="OUT")
+  c.add_argument("--layout", required=True, choices=LAYOUT_NAMES, help="the layout to write")
+  c.add_argument("--weight-only", action="store_true",
+                 help="declare no activation quantization (as for quantize)")
+  _common(c)
 
   i = sub.add_parser("inspect", help="per-tensor range and quantization error report")
   i.add_argument("src", metavar="FILE", help="a safetensors file, an index or a folder")
@@ -192,6 +204,16 @@ def _dequantize(args) -> int:
   with progress_bar(args.src, args.quiet) as step:
     summary = dequantize_checkpoint(args.src, args.out, dtype=args.dtype, force=args.force,
                                     progress=step)
+  _print_summary(summary, args)
+  return 0
+
+
+def _convert(args) -> int:
+  with progress_bar(args.src, args.quiet) as step:
+    summary = convert_checkpoint(args.src, args.out, args.layout, weight_only=args.weight_only,
+                                 force=args.force, progress=step)
+  if summary.note and not args.quiet:
+    print(f"fp8jax: note: {summary.note}", file=sys.stderr)
   _print_summary(summary, args)
   return 0
 
@@ -257,8 +279,8 @@ def _demo(args) -> int:
   return demo.main()
 
 
-_COMMANDS = {"quantize": _quantize, "dequantize": _dequantize, "inspect": _inspect,
-             "formats": _formats, "demo": _demo}
+_COMMANDS = {"quantize": _quantize, "dequantize": _dequantize, "convert": _convert,
+             "inspect": _inspect, "formats": _formats, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
