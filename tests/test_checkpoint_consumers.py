@@ -295,9 +295,10 @@ def test_compressed_tensors_decompresses_as_fp8jax(folders, model, wl, layout, e
 
 
 def test_the_default_layouts_are_the_ones_transformers_reads():
-  for _, wl, layout, _, _ in CASES:
-    if layout == "compressed-tensors":
-      assert default_layout(wl) == "compressed-tensors", wl.describe()
+  for _, wl, layout, _, bug in CASES:
+    if bug is None and wl.scaling != "block:128x128":
+      assert default_layout(wl) == layout, wl.describe()
+  assert default_layout(spec("e4m3fn", "block:128x128")) == "vllm"  # read exactly, above
 
 
 def test_routers_stay_unquantized(folders):

@@ -41,7 +41,8 @@ def _values(folder) -> dict:
 
 def test_layouts_convert_both_ways_without_changing_a_value(model, tmp_path):
   ct, vllm, back, own, again = (tmp_path / n for n in ("ct", "vllm", "back", "own", "again"))
-  _run("quantize", str(model), str(ct), "--scaling", "block:128x128")
+  _run("quantize", str(model), str(ct), "--scaling", "block:128x128", "--layout",
+       "compressed-tensors")
   _run("convert", str(ct), str(vllm), "--layout", "vllm")
   with open(vllm / "config.json") as f:
     qc = json.load(f)["quantization_config"]

@@ -152,7 +152,8 @@ DEFAULTS = [
     (wl("e4m3fn", "tensor"), "compressed-tensors"),
     (wl("e4m3fn", "channel"), "compressed-tensors"),
     (wl("e4m3fn", "block:128"), "compressed-tensors"),
-    (wl("e4m3fn", "block:128x128"), "compressed-tensors"),
+    (wl("e4m3fn", "block:128x128"), "vllm"),  # what transformers and vLLM's CPU build load
+    (wl("e4m3fn", "block:64x64"), "compressed-tensors"),
     (wl("e4m3fn", "mx"), "compressed-tensors"),
     (wl("e2m1fn", "mx:even"), "compressed-tensors"),
     (wl("e2m3fn", "mx"), "compressed-tensors"),
@@ -179,6 +180,8 @@ DEFAULTS = [
 def test_default_layout_is_the_first_that_holds_the_weights(w, expected):
   assert default_layout(w) == expected
   assert LAYOUTS[expected].holds(w)
+  if expected == "vllm":
+    return  # chosen over compressed-tensors for 128x128 tiles, which both hold
   for name in LAYOUT_NAMES[:LAYOUT_NAMES.index(expected)]:
     if name != "vllm":  # vLLM's fp8 holds a subset of compressed-tensors' FP8
       assert not LAYOUTS[name].holds(w), name

@@ -26,7 +26,7 @@ def test_demo_quantizes_reports_and_checks_the_round_trip():
   assert re.search(r"^quantized 28 tensors, kept 11; .* worst SQNR 3\d\.\d\d dB", out, re.MULTILINE)
   saving = float(re.search(r"saving (\d+\.\d)%", out).group(1))
   assert 40 < saving < 45
-  assert '"quant_method": "compressed-tensors"' in out and '"block_structure": [128, 128]' in out
+  assert '"quant_method": "fp8"' in out and '"weight_block_size": [128, 128]' in out
   assert re.search(r"^round trip: OK: 39 tensors", out, re.MULTILINE)
   assert "MISMATCH" not in out
 

@@ -634,16 +634,23 @@ def get_layout(name: str) -> Layout:
 def default_layout(weight_layout: WeightLayout) -> str:
   """The layout fp8jax writes `weight_layout` in by default: the first that holds it.
 
-  compressed-tensors where it can (transformers and vLLM both read it), then
-  modelopt (NVFP4 of the ModelOpt and torchao rules, which vLLM reads),
-  fp8jax for the rest.
+  vllm for e4m3fn 128x128 tiles (DeepSeek-V3's layout, which transformers
+  and vLLM both load, on every vLLM backend, its CPU one included), then
+  compressed-tensors (transformers and vLLM both read it; vllm's per-tensor
+  layout transformers misreads), then modelopt (NVFP4 of the ModelOpt and
+  torchao rules, which vLLM reads), fp8jax for the rest.
 
   Example:
     >>> default_layout(WeightLayout.parse("e4m3fn", "axis"))
     'compressed-tensors'
+    >>> default_layout(WeightLayout.parse("e4m3fn", "block:128x128"))
+    'vllm'
     >>> default_layout(WeightLayout.parse("e5m2", "tensor"))
     'fp8jax'
   """
+  grid = _grid(weight_layout)
+  if grid is not None and grid.kind == "block" and LAYOUTS["vllm"].holds(weight_layout):
+    return "vllm"
   for name in ("compressed-tensors", "modelopt"):
     if LAYOUTS[name].holds(weight_layout):
       return name
