@@ -145,9 +145,11 @@ def _agreement(fp8jax_out: str, torch_out: str, name: str) -> dict:
   from safetensors import safe_open
   import torch
 
+  # A single file is written in fp8jax's own layout (codes under a name no loader takes
+  # for the weight); the torch script keeps the DeepSeek-V3 names.
   with safe_open(fp8jax_out, "pt") as a, safe_open(torch_out, "pt") as b:
-    qa, qb = a.get_tensor(name), b.get_tensor(name)
-    sa, sb = a.get_tensor(name + "_scale_inv"), b.get_tensor(name + "_scale_inv")
+    qa, qb = a.get_tensor(name + "_fp8jax_codes"), b.get_tensor(name)
+    sa, sb = a.get_tensor(name + "_fp8jax_scale"), b.get_tensor(name + "_scale_inv")
   same = (qa.view(torch.uint8) == qb.view(torch.uint8)).float().mean().item()
   rel = ((sa.float() - sb.float()).abs() / sb.float().abs()).max().item()
   return {"tensor": name, "dtypes": [str(qa.dtype), str(qb.dtype)],
