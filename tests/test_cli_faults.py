@@ -58,12 +58,19 @@ def _beside(out) -> list[str]:
 @contextlib.contextmanager
 def _handlers():
   """The command's signal handlers, installed in the test body (pytest swaps the unraisable
-  hook per test phase) and removed after."""
+  hook per test phase) and removed after. A test run started in the background has SIGINT
+  ignored, which `install` keeps: these tests are about a SIGINT that is not."""
+  ignored = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)
+             if signal.getsignal(s) is signal.SIG_IGN}
+  for s in ignored:
+    signal.signal(s, signal.SIG_DFL)
   interrupts.install()
   try:
     yield
   finally:
     interrupts.uninstall()
+    for s, handler in ignored.items():
+      signal.signal(s, handler)
 
 
 # --- replacing an existing OUT folder (--force) ---------------------------------
