@@ -1,4 +1,4 @@
-"""Safetensors checkpoints: quantize and dequantize them whole, inspect them.
+"""Safetensors checkpoints: quantize, dequantize and convert them, inspect them.
 
 One job per module:
 
@@ -16,6 +16,6 @@ One job per module:
   report.py          TensorReport, Summary; printable (names that cannot drive the terminal)
   staging.py         reading, computing and writing pieces at the same time
   foreign.py         checkpoints other stacks quantized, read as each one dequantizes
-  pipeline.py        quantize_checkpoint, dequantize_checkpoint: one driver for both
+  pipeline.py        quantize_checkpoint, dequantize_checkpoint, convert_checkpoint: one driver
   inspection.py      `fp8jax inspect`: range and error report, histogram plot
 """
