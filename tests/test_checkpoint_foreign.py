@@ -535,3 +535,26 @@ def test_fp8jax_inspect_shows_what_each_weight_dequantizes_to(tmp_path, capsys):
   assert top == pytest.approx(float(want.abs().max()), rel=1e-5)
   assert f"scales {M}.weight_scale" in line
   assert not any(x.startswith(f"{M}.weight_scale ") for x in lines)  # shown with its weight
+
+
+@pytest.mark.parametrize("case", ["fp8-block-f32-128", "fp8-channel-bf16", "fp8-tensor-f32",
+                                  "nvfp4", "mxfp6"])
+def test_large_weights_dequantize_in_pieces_of_rows_to_the_same_bytes(case, tmp_path,
+                                                                      monkeypatch):
+  from fp8jax import cli
+  from fp8jax.checkpoint import chunks
+
+  make_scheme, shape, wdtype = CT_CASES[case]
+  shape = (260, shape[1]) if case != "fp8-block-f32-128" else shape  # ragged last piece
+  src = tmp_path / "in"
+  src.mkdir()
+  ref.ct_checkpoint(str(src), make_scheme(), _wide(shape, wdtype, seed=11))
+  plan = foreign.detect(open_checkpoint(str(src)))
+  w = plan.weights[next(iter(plan.weights))]
+  assert cli.main(["dequantize", str(src), str(tmp_path / "whole"), "-q"]) == 0
+  monkeypatch.setattr(chunks, "CHUNK_BYTES", 4 * shape[1] * 3)  # a few rows a piece
+  assert len(list(w.read_rows())) >= 2
+  assert cli.main(["dequantize", str(src), str(tmp_path / "pieces"), "-q"]) == 0
+  a = (tmp_path / "whole" / "model.safetensors").read_bytes()
+  b = (tmp_path / "pieces" / "model.safetensors").read_bytes()
+  assert a == b

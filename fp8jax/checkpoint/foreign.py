@@ -66,7 +66,7 @@ their float weights, copied as they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import dataclasses
 import functools
 import os
@@ -76,7 +76,7 @@ from typing import Any, BinaryIO, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from fp8jax.checkpoint import safetensors_io as st
+from fp8jax.checkpoint import chunks, safetensors_io as st
 from fp8jax.checkpoint.errors import CheckpointError
 from fp8jax.checkpoint.metadata import KEY
 from fp8jax.checkpoint.safetensors_io import TensorInfo
@@ -144,14 +144,11 @@ class ForeignWeight:
   def read(self, f: BinaryIO | None = None) -> np.ndarray:
     """Reads the inputs (those in the open file `f` from it, the others from their own
     files) and returns `dequantize` of them."""
-    arrays = []
-    for path, info in self.inputs:
-      if f is not None and os.path.samefile(path, f.name):
-        arrays.append(st.read_tensor(f, info))
-      else:  # a scale in another shard
-        with open(path, "rb") as g:
-          arrays.append(st.read_tensor(g, info))
-    return self.dequantize(arrays)
+    return self.dequantize([_read(t, f) for t in self.inputs])
+
+  def read_rows(self, f: BinaryIO | None = None) -> Iterator[np.ndarray]:
+    """`read`'s values in pieces of whole rows, in order (here: all at once)."""
+    yield self.read(f)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -410,6 +407,21 @@ def _unpack6(packed: np.ndarray) -> np.ndarray:
   return codes.reshape(*packed.shape[:-1], -1).astype(np.uint8)
 
 
+def _read(t: TensorAt, f: BinaryIO | None, start: int = 0,
+          shape: tuple[int, ...] | None = None) -> np.ndarray:
+  """The stored tensor `t` (or `prod(shape)` of its elements from `start`), from the open
+  file `f` when it is `t`'s, else from its own file."""
+  def read(g: BinaryIO) -> np.ndarray:
+    if shape is None:
+      return st.read_tensor(g, t.info)
+    return st.read_part(g, t.info, start, shape)
+
+  if f is not None and os.path.samefile(t.path, f.name):
+    return read(f)
+  with open(t.path, "rb") as g:  # a scale in another shard
+    return read(g)
+
+
 def _codes(array: np.ndarray, elements: str) -> np.ndarray:
   """One code per element, from the stored bytes."""
   if elements == "e2m1fn":
@@ -475,6 +487,35 @@ class _BlockScaled(ForeignWeight):
   multiplier: str
   compute: str
   signed_zero: bool = True
+
+  def read_rows(self, f: BinaryIO | None = None) -> Iterator[np.ndarray]:
+    """`read`'s values of a 2-D weight in pieces of about `chunks.CHUNK_BYTES` of float32,
+    whole block rows each, with the scale rows they need: memory holds a piece, not the
+    weight. The values are the same as `read`'s (the edge block of a piece is a whole one)."""
+    codes, scale, *rest = self.inputs
+    grid_rows = scale.info.shape[-2] if len(scale.info.shape) == 2 else 1
+    if len(self.shape) != 2 or len(codes.info.shape) != 2:
+      yield self.read(f)
+      return
+    rows, cols = self.shape
+    unit = self.block[0] if grid_rows != 1 else 1
+    step = max(unit, chunks.CHUNK_BYTES // (4 * cols) // unit * unit)
+    if step >= rows:
+      yield self.read(f)
+      return
+    others = [_read(t, f) for t in rest]
+    whole_scale = _read(scale, f) if grid_rows == 1 else None
+    stored_cols = codes.info.shape[1]
+    for r in range(0, rows, step):
+      n = min(step, rows - r)
+      piece = [_read(codes, f, r * stored_cols, (n, stored_cols))]
+      if whole_scale is None:
+        first, last = r // unit, -(-(r + n) // unit)
+        grid_cols = scale.info.shape[1]
+        piece.append(_read(scale, f, first * grid_cols, (last - first, grid_cols)))
+      else:
+        piece.append(whole_scale)
+      yield self.dequantize(piece + others)
 
   def dequantize(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
     values = _values(self.elements)[_codes(arrays[0], self.elements)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import time
@@ -618,11 +619,18 @@ class _ForeignDequantize:
       writer.copy(t.name, f, t)
       return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
     target = self.target or w.dtype
-    values = w.read(f).astype(st.DTYPES[target])
-    writer.write(w.name, values)
+    rows = w.read_rows(f)  # pieces of rows, or the whole weight as one
+    first = next(rows)
+    second = next(rows, None)
+    if second is None:
+      writer.write(w.name, first.astype(st.DTYPES[target]))
+    else:
+      for values in itertools.chain([first, second], rows):
+        interrupts.check()
+        writer.write_part(w.name, values.astype(st.DTYPES[target]))
     return TensorReport(w.name, t.dtype, w.shape, f"dequantized to {target} "
                         f"({self.plan.producer})", sum(i.info.nbytes for i in w.inputs),
-                        values.nbytes)
+                        writer.nbytes(w.name))
 
   def config(self, config: dict[str, Any]) -> dict[str, Any]:
     return self.plan.config(config)
