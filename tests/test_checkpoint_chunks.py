@@ -147,3 +147,26 @@ def test_writer_takes_a_tensor_in_parts(tmp_path):
                                   np.arange(2, 6, dtype=np.float32).reshape(2, 2))
     with pytest.raises(CheckpointError, match="past its end"):
       st.read_part(f, h.tensors[0], 5, (2,))
+
+
+@pytest.mark.parametrize("scaling,stored", [("tensor", "compressed-tensors"),
+                                            ("tensor", "vllm"), ("axis", "compressed-tensors"),
+                                            ("block:128x128", "vllm")])
+def test_a_model_folder_in_a_stacks_layout_gives_the_same_bytes_in_pieces(tmp_path, monkeypatch,
+                                                                          scaling, stored):
+  import json
+
+  rng = np.random.default_rng(2)
+  src = tmp_path / "in"
+  src.mkdir()
+  st.write_file(str(src / "model.safetensors"),
+                {"l.0.q_proj.weight": (rng.standard_normal((300, 256)) * 3).astype(np.float32)})
+  (src / "config.json").write_text(json.dumps({"model_type": "llama"}))
+  layout = WeightLayout.parse("e4m3fn", scaling)
+  outs = []
+  for chunk in (_WHOLE, _SMALL * 10):
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk)
+    out = tmp_path / f"q{chunk}"
+    quantize_checkpoint(str(src), str(out), layout, stored=stored)
+    outs.append((out / "model.safetensors").read_bytes())
+  assert outs[0] == outs[1]

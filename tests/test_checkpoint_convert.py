@@ -63,15 +63,17 @@ def test_layouts_convert_both_ways_without_changing_a_value(model, tmp_path):
       assert plain[other][name].tobytes() == x.tobytes(), (other, name)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--scaling", "axis"], "vllm holds e4m3fn per tensor or in 128x128 tiles"),
-    (["--format", "e2m1fn", "--scaling", "nvfp4"], "made with nvfp4_rule 'modelopt' or 'torchao'"),
+@pytest.mark.parametrize("argv,target,message", [
+    (["--scaling", "axis"], "vllm", "vllm holds e4m3fn per tensor or in 128x128 tiles"),
+    (["--format", "e2m1fn", "--scaling", "nvfp4"], "modelopt",
+     "made with nvfp4_rule 'modelopt' or 'torchao'"),
+    (["--format", "e2m1fn", "--scaling", "nvfp4:modelopt"], "fp8jax",
+     "fp8jax's own layout does not hold NVFP4"),
 ])
-def test_a_layout_that_cannot_hold_the_weights_is_refused(model, tmp_path, capsys, argv,
+def test_a_layout_that_cannot_hold_the_weights_is_refused(model, tmp_path, capsys, argv, target,
                                                           message):
   q = tmp_path / "q"
   _run("quantize", str(model), str(q), *argv)
-  target = "vllm" if "axis" in argv else "modelopt"
   err = fx.expect_bad(capsys, ["convert", str(q), str(tmp_path / "out"), "--layout", target],
                       message, model, q)
   assert err.startswith("fp8jax: error: --layout must be a layout that holds")
@@ -85,3 +87,30 @@ def test_a_plain_folder_or_the_same_layout_is_refused(model, tmp_path, capsys):
   _run("quantize", str(model), str(q), "--scaling", "axis")
   fx.expect_bad(capsys, ["convert", str(q), str(tmp_path / "out"), "--layout",
                          "compressed-tensors"], "already in the compressed-tensors layout", q)
+
+
+def test_weight_only_does_not_apply_to_vllm(model, tmp_path, capsys):
+  fx.expect_bad(capsys, ["quantize", str(model), str(tmp_path / "q"), "--scaling",
+                         "block:128x128", "--weight-only"],
+                "--weight-only does not apply to the vllm layout", model)
+
+
+def test_a_checkpoint_another_stack_quantized_is_not_quantized_again(model, tmp_path, capsys):
+  # A ModelOpt export may announce itself in hf_quant_config.json alone.
+  q = tmp_path / "q"
+  _run("quantize", str(model), str(q), "--format", "e2m1fn", "--scaling", "nvfp4:modelopt")
+  config = json.loads((q / "config.json").read_text())
+  del config["quantization_config"]
+  (q / "config.json").write_text(json.dumps(config))
+  fx.expect_bad(capsys, ["quantize", str(q), str(tmp_path / "again")],
+                "is already quantized (ModelOpt W4A16_NVFP4)", q)
+
+
+def test_vllm_blocks_other_than_128x128_are_refused(model, tmp_path, capsys):
+  q = tmp_path / "q"
+  _run("quantize", str(model), str(q), "--scaling", "block:128x128")
+  config = json.loads((q / "config.json").read_text())
+  config["quantization_config"]["weight_block_size"] = [64, 64]
+  (q / "config.json").write_text(json.dumps(config))
+  fx.expect_bad(capsys, ["convert", str(q), str(tmp_path / "ct"), "--layout",
+                         "compressed-tensors"], "128x128 tiles only", q)

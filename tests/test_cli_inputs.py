@@ -237,6 +237,8 @@ def test_inspect_of_a_missing_scale_prints_nothing_first(dirs, capsys):
   q = _quantized(src, {"w": np.ones((4, 8), np.float32), "v": np.ones((4, 8), np.float32)})
   _with_metadata(q, _scales(lambda t: t["w" + CODES_SUFFIX].update(scale="gone")))
   fx.expect_bad(capsys, ["inspect", q], "with scale 'gone', but the file lacks one of them", src)
+  fx.expect_bad(capsys, ["convert", q, str(out / "c"), "--layout", "compressed-tensors"],
+                "with scale 'gone', but the file lacks one of them", src, out)
 
 
 def test_an_empty_mx_weight_inspects_and_dequantizes(dirs, capsys):

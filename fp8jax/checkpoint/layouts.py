@@ -38,12 +38,15 @@ transformers casts them to the model's dtype when it loads, so a bfloat16
 model dequantizes with bfloat16-rounded scales there (float32 models, vLLM
 and compressed-tensors' own decompression use them as they are).
 
-compressed-tensors checkpoints are weight-only (`input_activations` null,
-"W8A16"): fp8jax decides nothing about activations, vLLM's loader picks its
-FP8 weight-only scheme for them on any device (its W8A8 scheme falls back to
-it where FP8 matmuls are missing), and transformers then computes exactly
-with the dequantized weights, where dynamic activation scales would
-fake-quantize the activations of every forward pass.
+compressed-tensors checkpoints of e4m3fn weights per tensor, per channel and
+in 2-D blocks declare FP8 activations quantized dynamically (per token, or in
+groups of the block's width), as llm-compressor's FP8_DYNAMIC and FP8_BLOCK
+schemes do: that is what vLLM serves with FP8 matmuls, and its CPU build has
+no weight-only FP8 kernel. transformers then rounds the activations of every
+forward pass to e4m3fn. With `weight_only` (`--weight-only`) they are
+weight-only (`input_activations` null, "W8A16"), and transformers computes
+exactly with the dequantized weights. Other formats and 1-D groups are
+weight-only.
 
 The `fp8jax` layout keeps its codes away from the names loaders know, so no
 loader takes raw codes for weights, and its `quantization_config` has no
@@ -72,7 +75,8 @@ from fp8jax.quant.qarray import QArray
 from fp8jax.quant.spec import MX, MX_BLOCK, NVFP4, NVFP4_BLOCK, QuantSpec
 
 LAYOUT_NAMES = ("compressed-tensors", "vllm", "modelopt", "fp8jax")
-"""The layouts, in the order `default_layout` prefers them."""
+"""The layouts, in the order `default_layout` prefers them (but vllm first for e4m3fn
+128x128 tiles)."""
 
 ONLY_FP8JAX = "only `fp8jax dequantize` reads this layout"
 """The warning of a layout that no other stack reads."""
@@ -693,7 +697,11 @@ def read_config(config: Mapping[str, Any]) -> tuple[Layout, WeightLayout]:
   """
   method = config.get("quant_method")
   if method == "fp8":
-    scaling = "block:128x128" if config.get("weight_block_size") else "tensor"
+    block = config.get("weight_block_size")
+    if block is not None and list(block) != list(VLLM_BLOCK):
+      raise ValueError(f"weight_block_size {block!r}: fp8jax converts vLLM's fp8 layout in "
+                       "128x128 tiles only")
+    scaling = "block:128x128" if block is not None else "tensor"
     return LAYOUTS["vllm"], WeightLayout(QuantSpec.parse("e4m3fn", scaling))
   if method == "modelopt" and config.get("quant_algo") == _NVFP4_ALGO:
     return LAYOUTS["modelopt"], WeightLayout(QuantSpec("e2m1fn", NVFP4("modelopt")))

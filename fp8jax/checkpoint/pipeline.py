@@ -189,10 +189,11 @@ def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
     sqnr: report each weight's SQNR (a dequantize and a sum per weight, in
       the same pass; it costs about as much time again as quantizing).
     stored: the layout the weights are stored in, one of
-      `layouts.LAYOUT_NAMES`. Default: for a model folder, the first that
-      holds `layout` (`layouts.default_layout`: compressed-tensors, then
-      modelopt, then fp8jax); for a file or an index without `config.json`,
-      fp8jax (the stacks' layouts live in `config.json`).
+      `layouts.LAYOUT_NAMES`. Default: for a model folder,
+      `layouts.default_layout` (vllm for e4m3fn 128x128 tiles, else the first
+      of compressed-tensors, modelopt and fp8jax that holds `layout`); for a
+      file or an index without `config.json`, fp8jax (the stacks' layouts
+      live in `config.json`).
     weight_only: declare no activation quantization in `config.json`
       (`layouts.Layout.quantization_config`).
 
@@ -233,8 +234,13 @@ def quantize_checkpoint(src: str, out: str, layout: WeightLayout, *,
     raise CheckpointError(f"{src} is already quantized by fp8jax; dequantize it first")
   if ckpt.config is not None and "quantization_config" in ckpt.config:
     raise CheckpointError(f"{src}: config.json already has a quantization_config")
-  conversion = _plan_quantize(ckpt, layout, _stored_layout(ckpt, layout, stored),
-                              selection or Selection(), rounding, seed, sqnr, weight_only)
+  plan = foreign.detect(ckpt)
+  if plan is not None:
+    raise CheckpointError(f"{src} is already quantized ({plan.producer}); dequantize it first")
+  target = _stored_layout(ckpt, layout, stored)
+  _check_weight_only(target, weight_only)
+  conversion = _plan_quantize(ckpt, layout, target, selection or Selection(), rounding, seed,
+                              sqnr, weight_only)
   return _convert(ckpt, out, force, conversion, progress, start)
 
 
@@ -247,20 +253,29 @@ def _stored_layout(ckpt: Checkpoint, layout: WeightLayout, name: str | None) -> 
   if stored is None:
     raise CheckpointError(f"stored must be one of {', '.join(layouts.LAYOUT_NAMES)} "
                           f"(got {name!r})", param="stored")
-  why = stored.refusal(layout)
-  if why is not None:
-    raise CheckpointError(f"stored must be a layout that holds {layout.describe()}: {why}",
-                          param="stored")
-  if stored.name == "fp8jax" and layout.spec.kind == NVFP4.kind:
-    raise CheckpointError(f"stored must be compressed-tensors (NVFP4 of rule compressed-tensors) "
-                          f"or modelopt (rules modelopt and torchao) in a model folder: "
-                          f"fp8jax's own layout has no place for NVFP4's tensor scale (got "
-                          f"{layout.describe()})", param="stored")
+  _check_holds(stored, layout, f"{layout.describe()}")
   if stored.name != "fp8jax" and not folder:
     raise CheckpointError(f"stored must be fp8jax for a file or an index without config.json "
                           f"(the {name} layout is described in a model folder's config.json)",
                           param="stored")
   return stored
+
+
+def _check_holds(stored: layouts.Layout, layout: WeightLayout, what: str) -> None:
+  """Raises `CheckpointError` (`param` "stored") unless `stored` can hold `layout`'s weights."""
+  why = stored.refusal(layout)
+  if why is None and stored.name == "fp8jax" and layout.spec.kind == NVFP4.kind:
+    # The fp8jax layout's metadata and dequantize have no place for the tensor scale.
+    why = ("fp8jax's own layout does not hold NVFP4: compressed-tensors does (rule "
+           "compressed-tensors), modelopt too (rules modelopt and torchao)")
+  if why is not None:
+    raise CheckpointError(f"stored must be a layout that holds {what}: {why}", param="stored")
+
+
+def _check_weight_only(stored: layouts.Layout, weight_only: bool) -> None:
+  if weight_only and stored.name == "vllm":
+    raise CheckpointError("weight_only does not apply to the vllm layout: vLLM's fp8 method "
+                          "always quantizes activations dynamically", param="weight_only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,6 +472,7 @@ def _quantize_step(x: jax.Array, key: jax.Array | None, static: jax.Array | None
     q = layout.quantize(x, rounding=rounding, key=key)
   else:
     q = quantize(x, layout.fmt, scaling=static, overflow=layout.spec.overflow)
+    q = layout.qarray(q.bits, static, x.dtype)  # the per-tensor spec, for `stored`
   return q, stats.sqnr_sums(x, dequantize(q, jnp.float32)) if sqnr else None
 
 
@@ -720,10 +736,8 @@ def convert_checkpoint(src: str, out: str, stored: str, *, weight_only: bool = F
   source, wl, weights, plan = _stored_weights(ckpt)
   if source.name == target.name:
     raise CheckpointError(f"{src} is already in the {target.name} layout", param="stored")
-  why = target.refusal(wl)
-  if why is not None:
-    raise CheckpointError(f"stored must be a layout that holds the {wl.describe()} weights of "
-                          f"{src}: {why}", param="stored")
+  _check_holds(target, wl, f"the {wl.describe()} weights of {src}")
+  _check_weight_only(target, weight_only)
   if target.name != "fp8jax" and (ckpt.kind != "folder" or ckpt.config is None):
     raise CheckpointError(f"stored must be fp8jax for a file or an index without config.json "
                           f"(got {target.name})", param="stored")
@@ -756,6 +770,10 @@ def _stored_weights(ckpt: Checkpoint) -> tuple[layouts.Layout, WeightLayout,
   codes tensor: (its name, shape and original dtype tag)."""
   meta = QuantMetadata.merged(ckpt.headers)
   if meta is not None:
+    for h in ckpt.headers:
+      file_meta = QuantMetadata.of(h)
+      if file_meta is not None:
+        file_meta.check(h)
     shapes = {t.name: t.shape for t in ckpt.tensors}
     old = [n for n, e in meta.tensors.items() if e.name is None]
     if old:

@@ -1,6 +1,6 @@
 """The `fp8jax` command (also `python -m fp8jax`): arguments, dispatch, errors, exit status.
 
-    fp8jax quantize IN OUT [--format e4m3fn] [--scaling tensor|axis|block:B|block:BxC|mx]
+    fp8jax quantize IN OUT [--format e4m3fn] [--scaling tensor|axis|block:B|block:BxC|mx[:RULE]|nvfp4[:RULE]]
                            [--rounding nearest|stochastic --seed N] [--include GLOB ...]
                            [--exclude GLOB ...] [--layout L] [--weight-only] [--sqnr] [--force] [-v] [-q]
     fp8jax dequantize IN OUT [--dtype bf16|f16|f32] [--force] [-v] [-q]
@@ -63,6 +63,7 @@ FLAGS = {
     "include": "--include",
     "exclude": "--exclude",
     "stored": "--layout",
+    "weight_only": "--weight-only",
     "dtype": "--dtype",
     "match": "--match",
     "force": "--force",
@@ -114,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
   q.add_argument("--format", default="e4m3fn", help="element format (default: e4m3fn)")
   q.add_argument("--scaling", default="tensor",
                  help="tensor (default), axis (one scale per output channel; also spelled "
-                 "channel), block:B, block:BxC (e.g. block:128x128) or mx")
+                 "channel), block:B, block:BxC (e.g. block:128x128), mx, mx:RULE, nvfp4 or "
+                 "nvfp4:RULE (with --format e2m1fn)")
   q.add_argument("--rounding", default="nearest", choices=ROUNDINGS)
   q.add_argument("--seed", type=_integer, default=None, help="seed for --rounding stochastic")
   q.add_argument("--include", action="append", default=[], metavar="GLOB",
@@ -124,8 +126,10 @@ def _parser() -> argparse.ArgumentParser:
   q.add_argument("--layout", default=None, choices=LAYOUT_NAMES,
                  help="how the weights are stored: compressed-tensors (transformers and vLLM "
                  "load it), vllm (vLLM's fp8: e4m3fn per tensor or 128x128 tiles), modelopt "
-                 "(NVFP4), fp8jax (any format; only fp8jax dequantize reads it). Default: for a "
-                 "model folder the first of these that holds the format and scaling, else fp8jax")
+                 "(NVFP4), fp8jax (any format but NVFP4; only fp8jax dequantize reads it). "
+                 "Default: for a model folder vllm for e4m3fn block:128x128, else the first of "
+                 "compressed-tensors, modelopt and fp8jax that holds the format and scaling; "
+                 "fp8jax for a file")
   q.add_argument("--weight-only", action="store_true",
                  help="declare no activation quantization (default for e4m3fn per tensor, per "
                  "channel and 2-D blocks in compressed-tensors: dynamic FP8 activations, as "
