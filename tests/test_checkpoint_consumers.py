@@ -107,7 +107,9 @@ def write_quantized(src: str, out: str, wl: WeightLayout, layout_name: str,
   """The model folder `src` quantized as `wl` by `fp8jax quantize`'s pipeline, stored in the
   layout `layout_name`."""
   os.rmdir(out)  # the pipeline makes OUT itself
-  quantize_checkpoint(src, out, wl, stored=layout_name, weight_only=weight_only)
+  # vLLM's fp8 layout always declares dynamic activations; the others can go without.
+  quantize_checkpoint(src, out, wl, stored=layout_name,
+                      weight_only=weight_only and layout_name != "vllm")
   return out
 
 
