@@ -144,7 +144,7 @@ class ForeignWeight:
   def read(self, f: BinaryIO | None = None) -> np.ndarray:
     """Reads the inputs (those in the open file `f` from it, the others from their own
     files) and returns `dequantize` of them."""
-    return self.dequantize([_read(t, f) for t in self.inputs])
+    return self.dequantize([read_stored(t, f) for t in self.inputs])
 
   def read_rows(self, f: BinaryIO | None = None) -> Iterator[np.ndarray]:
     """`read`'s values in pieces of whole rows, in order (here: all at once)."""
@@ -407,7 +407,7 @@ def _unpack6(packed: np.ndarray) -> np.ndarray:
   return codes.reshape(*packed.shape[:-1], -1).astype(np.uint8)
 
 
-def _read(t: TensorAt, f: BinaryIO | None, start: int = 0,
+def read_stored(t: TensorAt, f: BinaryIO | None, start: int = 0,
           shape: tuple[int, ...] | None = None) -> np.ndarray:
   """The stored tensor `t` (or `prod(shape)` of its elements from `start`), from the open
   file `f` when it is `t`'s, else from its own file."""
@@ -503,16 +503,16 @@ class _BlockScaled(ForeignWeight):
     if step >= rows:
       yield self.read(f)
       return
-    others = [_read(t, f) for t in rest]
-    whole_scale = _read(scale, f) if grid_rows == 1 else None
+    others = [read_stored(t, f) for t in rest]
+    whole_scale = read_stored(scale, f) if grid_rows == 1 else None
     stored_cols = codes.info.shape[1]
     for r in range(0, rows, step):
       n = min(step, rows - r)
-      piece = [_read(codes, f, r * stored_cols, (n, stored_cols))]
+      piece = [read_stored(codes, f, r * stored_cols, (n, stored_cols))]
       if whole_scale is None:
         first, last = r // unit, -(-(r + n) // unit)
         grid_cols = scale.info.shape[1]
-        piece.append(_read(scale, f, first * grid_cols, (last - first, grid_cols)))
+        piece.append(read_stored(scale, f, first * grid_cols, (last - first, grid_cols)))
       else:
         piece.append(whole_scale)
       yield self.dequantize(piece + others)

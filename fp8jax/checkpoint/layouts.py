@@ -219,6 +219,11 @@ class Layout:
     """A warning for whoever writes this layout, None when stacks read it."""
     return None
 
+  @property
+  def note(self) -> str | None:
+    """`warning`, naming the layout (what the command line prints), or None."""
+    return None if self.warning is None else f"layout {self.name}: {self.warning}"
+
   def refusal(self, weight_layout: WeightLayout) -> str | None:
     """Why this layout cannot hold weights quantized as `weight_layout`; None when it can."""
     raise NotImplementedError

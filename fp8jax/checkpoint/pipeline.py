@@ -304,8 +304,7 @@ class _Quantize:
 
   @property
   def note(self) -> str | None:
-    warning = self.stored.warning
-    return None if warning is None else f"layout {self.stored.name}: {warning}"
+    return self.stored.note
 
   @property
   def dropped_files(self) -> frozenset[str]:
@@ -741,15 +740,16 @@ def convert_checkpoint(src: str, out: str, stored: str, *, weight_only: bool = F
   if target.name != "fp8jax" and (ckpt.kind != "folder" or ckpt.config is None):
     raise CheckpointError(f"stored must be fp8jax for a file or an index without config.json "
                           f"(got {target.name})", param="stored")
-  at = {t.name: (h.path, t) for h in ckpt.headers for t in h.tensors}
+  at = {t.name: foreign.TensorAt(h.path, t) for h in ckpt.headers for t in h.tensors}
   parts: dict[str, list[str]] = {}
   for codes, (name, shape, _) in weights.items():
     why = target.tensor_refusal(name, shape, wl)
     if why is not None:
       raise CheckpointError(f"tensor {name!r}: {why}", param="stored")
-    parts[codes] = [e.name for e in source.tensors(name, shape, wl)]
-    for e in source.tensors(name, shape, wl):
-      t = at.get(e.name, (None, None))[1]
+    entries = source.tensors(name, shape, wl)
+    parts[codes] = [e.name for e in entries]
+    for e in entries:
+      t = at[e.name].info if e.name in at else None
       if t is None or t.dtype != e.dtype or t.shape != e.shape:
         got = "missing" if t is None else f"{t.dtype} {list(t.shape)}"
         raise CheckpointError(f"tensor {e.name!r}: the {source.name} layout stores it as "
@@ -819,7 +819,7 @@ class _Relayout:
   weights: dict[str, tuple[str, tuple[int, ...], str]]
   parts: dict[str, list[str]]
   consumed: frozenset[str]
-  at: dict[str, tuple[str, TensorInfo]]
+  at: dict[str, foreign.TensorAt]
   ignored: list[str]
   weight_only: bool
   plan: foreign.ForeignPlan | None
@@ -827,8 +827,7 @@ class _Relayout:
 
   @property
   def note(self) -> str | None:
-    warning = self.target.warning
-    return None if warning is None else f"layout {self.target.name}: {warning}"
+    return self.target.note
 
   @property
   def dropped_files(self) -> frozenset[str]:
@@ -865,14 +864,7 @@ class _Relayout:
       return TensorReport(t.name, t.dtype, t.shape, "kept", t.nbytes, t.nbytes)
     interrupts.check()
     name, _, dtype = self.weights[t.name]
-    stored = {}
-    for part in self.parts[t.name]:
-      path, info = self.at[part]
-      if os.path.samefile(path, f.name):
-        stored[part] = st.read_tensor(f, info)
-      else:
-        with open(path, "rb") as g:
-          stored[part] = st.read_tensor(g, info)
+    stored = {part: foreign.read_stored(self.at[part], f) for part in self.parts[t.name]}
     q = self.source.qarray(name, stored, self.layout, st.DTYPES[dtype])
     nbytes = 0
     for stored_name, array in self.target.stored_tensors(name, q).items():
