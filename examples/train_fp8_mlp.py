@@ -100,6 +100,9 @@ def _dot(mode: str, x, w, state):
   x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
   if mode == "bf16":
     return lax.dot_general(x, w, MATMUL, preferred_element_type=jnp.float32)
+  if mode == "fp8_current":  # evaluation only: FP8 forward without a state
+    return fp8jax.fp8_dot_general(x, w, MATMUL, preferred_element_type=jnp.float32,
+                                  recipe="current")
   return fp8jax.fp8_dot_general(x, w, MATMUL, preferred_element_type=jnp.float32, state=state)
 
 
@@ -117,11 +120,16 @@ def _loss(mode, params, states, x, y):
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "config"))
-def train(seed: jax.Array, *, mode: str, config: Config = DEFAULT) -> jax.Array:
-  """Trains from `seed` (initial weights and batches); returns the held-out loss curve.
+def train(seed: jax.Array, *, mode: str, config: Config = DEFAULT
+          ) -> tuple[jax.Array, jax.Array]:
+  """Trains from `seed` (initial weights and batches); returns the held-out loss curve and more.
 
   The teacher and the held-out set are the same for every seed. The curve
-  has one entry before training and one after each `eval_every` steps.
+  has one entry before training and one after each `eval_every` steps. The
+  second result is the final weights' held-out loss evaluated with bf16
+  matmuls and with FP8 ones (current scaling), whichever way they were
+  trained: it separates what FP8 training did to the weights from what the
+  FP8 forward pass adds at evaluation.
   """
   data = jax.random.key(1234)
   teacher = _teacher(jax.random.fold_in(data, 0))
@@ -148,15 +156,21 @@ def train(seed: jax.Array, *, mode: str, config: Config = DEFAULT) -> jax.Array:
 
   carry = (params, states, _adam_init(params))
   chunks = config.steps // config.eval_every
-  _, curve = lax.scan(chunk, carry, jnp.arange(chunks))
-  return jnp.concatenate([evaluate(params, states)[None], curve])
+  (final, final_states, _), curve = lax.scan(chunk, carry, jnp.arange(chunks))
+  cross = jnp.stack([_loss(m, final, final_states, x_eval, y_eval)
+                     for m in ("bf16", "fp8_current")])
+  return jnp.concatenate([evaluate(params, states)[None], curve]), cross
 
 
-def run(seeds, mode: str, config: Config = DEFAULT) -> np.ndarray:
-  """Loss curves, one row per seed (the seeds train side by side, vmapped)."""
-  curves = jax.jit(jax.vmap(functools.partial(train, mode=mode, config=config)))(
+def run(seeds, mode: str, config: Config = DEFAULT, *, cross: bool = False):
+  """Loss curves, one row per seed (the seeds train side by side, vmapped).
+
+  With `cross`, also each seed's final weights evaluated with bf16 and with
+  FP8 matmuls (`train`'s second result), one row per seed.
+  """
+  curves, evals = jax.jit(jax.vmap(functools.partial(train, mode=mode, config=config)))(
       jnp.asarray(seeds, jnp.uint32))
-  return np.asarray(curves)
+  return (np.asarray(curves), np.asarray(evals)) if cross else np.asarray(curves)
 
 
 def _plot(steps, curves: dict, path: str) -> bool:
@@ -191,10 +205,12 @@ def main(argv=None) -> dict:
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = parser.parse_args(argv)
   config = Config(args.steps, args.eval_every)
-  curves, seconds = {}, {}
+  curves, seconds, cross = {}, {}, {}
   for mode in MODES:
     start = time.perf_counter()
-    curves[mode] = run([args.seed], mode, config)[0]
+    c, e = run([args.seed], mode, config, cross=True)
+    curves[mode], cross[mode] = c[0], {"bf16 forward": float(e[0, 0]),
+                                       "fp8 forward": float(e[0, 1])}
     seconds[mode] = time.perf_counter() - start
   steps = np.arange(len(curves["bf16"])) * config.eval_every
   print(f"{'step':>6} {'bf16':>10} {'fp8':>10}")
@@ -204,9 +220,13 @@ def main(argv=None) -> dict:
   gap = final["fp8"] - final["bf16"]
   print(f"final held-out loss: bf16 {final['bf16']:.5f}, fp8 {final['fp8']:.5f}, "
         f"gap {gap:+.5f} ({gap / final['bf16']:+.1%})")
+  print("final weights evaluated both ways (FP8 forward: current scaling):")
+  for mode, e in cross.items():
+    print(f"  trained {mode:>4}: bf16 forward {e['bf16 forward']:.5f}, "
+          f"fp8 forward {e['fp8 forward']:.5f}")
   print(f"time (compile + train): bf16 {seconds['bf16']:.1f} s, fp8 {seconds['fp8']:.1f} s")
   result = {"steps": steps.tolist(), "seed": args.seed, "curves": {
-      m: c.tolist() for m, c in curves.items()}, "final": final, "gap": gap,
+      m: c.tolist() for m, c in curves.items()}, "final": final, "gap": gap, "cross": cross,
       "seconds": seconds, "backend": jax.default_backend()}
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "train_fp8_mlp.json"), "w") as f:

@@ -9,13 +9,15 @@ The public API, by concept:
   (`DelayedScaling`, `DelayedState`), and its two halves `amax` and `scale_from_amax`,
   public on purpose for recipes of one's own;
 - FP8 matmul and training: `dot`, `matmul`, `scaled_matmul` (and its operands,
-  `scaled_matmul_operands`, for `jax.nn.scaled_matmul`), `fp8_dot_general`, `Fp8Recipe`,
-  `Fp8DotState`, `fp8_dot_state`;
+  `scaled_matmul_operands`, for `jax.nn.scaled_matmul`), `fp8_dot_general`, `fp8_einsum`,
+  and their recipes (`Fp8Recipe`, `Cast`, the presets `RECIPES`, `get_recipe`) and state
+  (`Fp8DotState`, `fp8_dot_state`, `tied`); `fp8jax.flax` holds Flax modules built on them;
 - the original API: `round_to_fp8_represented_as_int8`, `undo_int8_fp8`,
   `int32_to_bfloat16`.
 
 Subpackages: `core` (bit layouts, formats, the kernel, the codec), `quant` (specs and
-scaled quantization), `ops` (matmul and training), `checkpoint` (safetensors
+scaled quantization), `ops` (matmul, training and its recipes), `flax` (Flax linen and
+nnx modules; needs flax), `checkpoint` (safetensors
 checkpoints), `cli` (the `fp8jax` command); `legacy` holds the original API.
 
 Each public name is imported when first used (PEP 562), so that the command line can
@@ -36,8 +38,8 @@ _HOMES = {
     "fp8jax.core.views": ("as_float8", "from_float8"),
     "fp8jax.legacy": ("int32_to_bfloat16", "round_to_fp8_represented_as_int8", "undo_int8_fp8"),
     "fp8jax.ops.gemm": ("dot", "matmul", "scaled_matmul", "scaled_matmul_operands"),
-    "fp8jax.ops.training": ("Fp8DotState", "Fp8Recipe", "fp8_dot_general", "fp8_dot_state",
-                            "tied"),
+    "fp8jax.ops.recipes": ("RECIPES", "Cast", "Fp8DotState", "Fp8Recipe", "get_recipe"),
+    "fp8jax.ops.training": ("fp8_dot_general", "fp8_dot_state", "fp8_einsum", "tied"),
     "fp8jax.quant.delayed": ("DelayedScaling", "DelayedState"),
     "fp8jax.quant.fake": ("fake_quant",),
     "fp8jax.quant.qarray": ("QArray",),
@@ -51,7 +53,7 @@ __version__ = "0.1.0"
 __all__ = sorted(_HOME)
 
 
-_SUBPACKAGES = ("core", "quant", "ops", "checkpoint", "cli", "legacy")
+_SUBPACKAGES = ("core", "quant", "ops", "flax", "checkpoint", "cli", "legacy")
 
 
 def __getattr__(name: str) -> Any:

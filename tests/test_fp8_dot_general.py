@@ -135,7 +135,7 @@ def _synthetic_steps(steps, seed=0):
 @pytest.mark.parametrize("history,margin,amax_from", [(16, 0, "max"), (3, 1, "most_recent")])
 def test_state_updates_step_by_step_as_the_recipe_says(history, margin, amax_from):
   steps = 24
-  recipe = fp8jax.Fp8Recipe(scaling=fp8jax.DelayedScaling(history, margin, amax_from))
+  recipe = fp8jax.Fp8Recipe.delayed_per_tensor(fp8jax.DelayedScaling(history, margin, amax_from))
   dims = DIMS["matmul"][0]
   xs, cots = _synthetic_steps(steps)
   w0 = _rand((16, 4), 4, 0.3)
@@ -232,7 +232,8 @@ def test_flax_dense_accepts_it():
 
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(state=None), TypeError, "state must be an Fp8DotState"),
-    (dict(state=fp8jax.fp8_dot_state(), recipe="e4m3fn"), TypeError, "recipe must be"),
+    (dict(state=fp8jax.fp8_dot_state(), recipe="e4m3fn"), ValueError, "unknown recipe 'e4m3fn'"),
+    (dict(state=fp8jax.fp8_dot_state(), recipe=3), TypeError, "recipe must be an Fp8Recipe"),
 ])
 def test_errors_name_the_argument(kwargs, error, match):
   with pytest.raises(error, match=match):
@@ -241,7 +242,7 @@ def test_errors_name_the_argument(kwargs, error, match):
 
 def test_recipe_checks_its_formats():
   with pytest.raises(ValueError, match="backward must be a signed 8-bit format"):
-    fp8jax.Fp8Recipe(backward="e2m1fn")
+    fp8jax.Fp8Recipe.delayed_per_tensor(backward="e2m1fn")
   with pytest.raises(TypeError, match="lhs must be bfloat16"):
     fp8jax.fp8_dot_general(jnp.ones((2, 3), jnp.int32), jnp.ones((3, 4)), DIMS["matmul"][0],
                            state=fp8jax.fp8_dot_state())
@@ -251,7 +252,8 @@ def test_recipe_checks_its_formats():
 def test_a_tied_state_merges_its_call_sites_by_max(amax_from):
   # One weight applied twice (tied or re-applied): the state's update is the
   # max over the two call sites, as if one site had seen every value.
-  recipe = fp8jax.Fp8Recipe(scaling=fp8jax.DelayedScaling(history=4, amax_from=amax_from))
+  scaling = fp8jax.DelayedScaling(history=4, amax_from=amax_from)
+  recipe = fp8jax.Fp8Recipe.delayed_per_tensor(scaling)
   dims = (((1,), (0,)), ((), ()))
   w = jnp.ones((3, 4))
   x1, x2 = jnp.ones((2, 3)), 2 * jnp.ones((2, 3))
@@ -266,13 +268,13 @@ def test_a_tied_state_merges_its_call_sites_by_max(amax_from):
   np.testing.assert_array_equal(dw, dw_untied)  # the gradients themselves are unchanged
   # Untied, the two updates add up (the bug a tied state avoids).
   assert float(s_untied.lhs.amax_history[0]) == 3.0
-  one_site = recipe.scaling.update(recipe.scaling.init(), jnp.float32(2.0))
+  one_site = scaling.update(scaling.init(), jnp.float32(2.0))
   np.testing.assert_array_equal(s2.lhs.amax_history, one_site.amax_history)
   np.testing.assert_array_equal(s2.lhs.scale, one_site.scale)
   np.testing.assert_array_equal(s2.rhs.amax_history[0], 1.0)
   np.testing.assert_array_equal(s2.grad.amax_history[0], 3.0)  # the larger output gradient
   np.testing.assert_array_equal(
-      s2.grad.scale, recipe.scaling.update(recipe.scaling.init(), jnp.float32(3.0), "e5m2").scale)
+      s2.grad.scale, scaling.update(scaling.init(), jnp.float32(3.0), "e5m2").scale)
 
 
 def test_a_tied_state_where_one_site_sees_only_zeros():
