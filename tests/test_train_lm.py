@@ -15,9 +15,8 @@ seeds): bf16 2.4713 ± 0.0113; mean gaps to it: flax +0.0022, delayed
 each under a sixth of the band, and nvfp4 +0.0364, outside it (the README's
 table gives the full-size run).
 
-The test runs bf16, the Flax peer, the delayed recipe (state threaded
-through the gradient) and mxfp8 (block-scaled, along each GEMM's
-contraction): about 50 s on a 2-core CPU, half of it compiling. The other
+The test runs bf16, the Flax peer and mxfp8 (block-scaled, along each GEMM's
+contraction): about 40 s on a 2-core CPU, half of it compiling. The other
 recipes' quick runs cost 15-90 s each (nvfp4 compiles for about a minute);
 tests/test_recipes.py and tests/test_flax_fp8.py check their arithmetic and
 their Flax modules exactly.
@@ -32,7 +31,7 @@ import os
 import sys
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "train_lm.py")
-MODES = ("bf16", "flax", "delayed", "mxfp8")
+MODES = ("bf16", "flax", "mxfp8")
 
 
 def _example():
