@@ -12,3 +12,9 @@ variables, so a training loop written for Flax's own FP8 ops works as it is:
 
 Both need flax (`pip install flax`); `import fp8jax` never imports it.
 """
+
+RNG = "fp8"
+"""The rng stream stochastic rounding draws its keys from, in both frameworks."""
+STATE_NAMES = {"lhs": "input", "rhs": "kernel", "grad": "output_grad"}
+"""Each `Fp8DotState` field's variable prefix (`input_amax_history`, `input_scale`, ...),
+named as `flax.linen.fp8_ops` names its own."""

@@ -24,16 +24,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fp8jax.flax import RNG, STATE_NAMES
 from fp8jax.ops.recipes import Fp8DotState, Fp8Recipe, get_recipe
 from fp8jax.ops.training import fp8_dot_general, fp8_einsum, parse_einsum
 from fp8jax.quant.delayed import DelayedState
 
 OVERWRITE_WITH_GRADIENT = "_overwrite_with_gradient"
 """The variable collection of the scaling state (the one `flax.linen.fp8_ops` uses)."""
-RNG = "fp8"
-"""The rng stream stochastic rounding draws from."""
-# The state's variables, named as flax.linen.fp8_ops names its own.
-_NAMES = {"lhs": "input", "rhs": "kernel", "grad": "output_grad"}
 
 
 class _Fp8Base(nn.Module):
@@ -51,7 +48,7 @@ class _Fp8Base(nn.Module):
       if d is None:
         fields[field] = None
         continue
-      name = _NAMES[field]
+      name = STATE_NAMES[field]
       hist = self.variable(OVERWRITE_WITH_GRADIENT, f"{name}_amax_history",
                            lambda d=d: d.amax_history)
       scale = self.variable(OVERWRITE_WITH_GRADIENT, f"{name}_scale", lambda d=d: d.scale)

@@ -25,6 +25,7 @@ from typing import Any
 from flax import nnx
 import jax
 
+from fp8jax.flax import RNG, STATE_NAMES
 from fp8jax.ops.recipes import Fp8DotState, Fp8Recipe, get_recipe
 from fp8jax.ops.training import fp8_dot_general, fp8_einsum
 from fp8jax.quant.delayed import DelayedState
@@ -36,9 +37,6 @@ class Fp8State(nnx.Variable):
 
 WRT = nnx.Any(nnx.Param, Fp8State)
 """What to differentiate with respect to: the parameters and the scaling state."""
-RNG = "fp8"
-"""The rng stream stochastic rounding forks its keys from (else "default")."""
-_NAMES = {"lhs": "input", "rhs": "kernel", "grad": "output_grad"}
 
 
 def update_state(model: nnx.Module, grads: nnx.State) -> None:
@@ -85,16 +83,16 @@ class _Fp8Base(nnx.Module):
         f for f, d in init._asdict().items() if d is not None)
     for field in self._fields:
       d = getattr(init, field)
-      setattr(self, f"{_NAMES[field]}_amax_history", Fp8State(d.amax_history))
-      setattr(self, f"{_NAMES[field]}_scale", Fp8State(d.scale))
+      setattr(self, f"{STATE_NAMES[field]}_amax_history", Fp8State(d.amax_history))
+      setattr(self, f"{STATE_NAMES[field]}_scale", Fp8State(d.scale))
     self.rngs = _own_stream(self.recipe, rngs)
 
   def _scaling_state(self) -> Fp8DotState | None:
     if not self._fields:
       return None
-    return Fp8DotState(**{f: DelayedState(getattr(self, f"{_NAMES[f]}_amax_history")[...],
-                                          getattr(self, f"{_NAMES[f]}_scale")[...])
-                          if f in self._fields else None for f in _NAMES})
+    return Fp8DotState(**{f: DelayedState(getattr(self, f"{STATE_NAMES[f]}_amax_history")[...],
+                                          getattr(self, f"{STATE_NAMES[f]}_scale")[...])
+                          if f in self._fields else None for f in STATE_NAMES})
 
   def _rng_key(self) -> jax.Array | None:
     return None if self.rngs is None else self.rngs()
