@@ -19,10 +19,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "run.py")
 
 # The stable names the JSON and the README use.
+QUANTIZE_NAMES = [
+    "quantize tensor", "quantize axis", "quantize block128", "quantize block128x128",
+    "quantize mx", "quantize mx rceil", "quantize mxfp4", "quantize nvfp4",
+]
+DEQUANTIZE_NAMES = [
+    "dequantize tensor", "dequantize axis", "dequantize block128", "dequantize block128x128",
+    "dequantize mx", "dequantize nvfp4",
+]
 JAX_NAMES = [
     "encode e4m3fn", "encode e5m2", "decode e4m3fn→bf16", "encode e4m3fn stochastic",
-    "quantize tensor", "quantize axis", "quantize block128", "quantize mx",
-    "quantize mx rceil", "quantize mxfp4", "quantize nvfp4", "xla astype e4m3fn", "xla astype e5m2", "xla astype f8→bf16", "ml_dtypes astype e4m3fn",
+    *QUANTIZE_NAMES, *DEQUANTIZE_NAMES,
+    "xla astype e4m3fn", "xla astype e5m2", "xla astype f8→bf16", "ml_dtypes astype e4m3fn",
     "memcpy floor (jax)", "narrowing copy floor (jax)", "memcpy floor (numpy)",
 ]
 TORCH_NAMES = [
@@ -70,6 +78,8 @@ def test_results_agree_bit_for_bit(quick_run):
     assert checks and all(checks.values()), (size, checks)
     assert "encode e4m3fn ieee == xla astype" in checks
     assert "encode e4m3fn: reused == fresh" in checks
+    for name in DEQUANTIZE_NAMES:
+      assert f"{name}: reused == fresh" in checks, name
     if HAVE_TORCH:
       assert "encode e4m3fn satfinite == torch .to()" in checks
   assert result["bit_identical_all"] is True
@@ -78,30 +88,77 @@ def test_results_agree_bit_for_bit(quick_run):
 
 def test_ratios_and_environment_are_recorded(quick_run):
   _, result, stdout = quick_run
-  names = {e["ratio"] for e in result["runs"][0]["ratios"]}
+  entries = result["runs"][0]["ratios"]
+  names = {e["ratio"] for e in entries}
   assert {"encode speedup vs xla astype", "decode speedup vs xla astype",
-          "stochastic / nearest", "quantize tensor / encode"} <= names
+          "stochastic / nearest", "quantize tensor / encode",
+          "decode speedup vs xla astype (≥1.1)", "e5m2 encode vs xla astype",
+          "stochastic / nearest (≤1.3)"} <= names
   if HAVE_TORCH:
     assert {"encode speedup vs torch .to()", "torchao recipe / quantize tensor"} <= names
-  assert all(e["value"] > 0 for e in result["runs"][0]["ratios"])
+  # The 16M-only ratios are not computed at the quick run's sizes.
+  assert not any("(16M)" in name for name in names), names
+  for e in entries:
+    assert e["value"] > 0, e
+    assert set(e) == {"ratio", "numerator", "denominator", "mode", "size", "value", "target",
+                      "meets"}, e
   env = result["environment"]
   for key in ("jax", "jaxlib", "numpy", "ml_dtypes", "cpu_count", "device", "date", "command"):
     assert env[key], key
   assert "## ratios of median times" in stdout
+  assert "✓" in stdout or "✗" in stdout
 
 
-def test_mx_nvfp4_floor_target_is_recorded(quick_run):
+@pytest.mark.parametrize("key, names, target", [
+    ("every quantize granularity ≥ 0.6 floor (reused)", QUANTIZE_NAMES, 0.6),
+    ("mx/nvfp4 quantize ≥ 0.5 floor (reused)",
+     ["quantize mx", "quantize mx rceil", "quantize mxfp4", "quantize nvfp4"], 0.5),
+    ("dequantize ≥ 0.6 floor (reused)", DEQUANTIZE_NAMES, 0.6),
+])
+def test_floor_targets_are_recorded(quick_run, key, names, target):
   _, result, stdout = quick_run
-  key = "mx/nvfp4 quantize ≥ 0.5 floor (reused)"
   entries = [e for e in result["runs"][0]["floor_targets"] if e["ratio"] == key]
   assert {e["size"] for e in entries} == {"1K", "64K"}, entries
   for e in entries:
-    assert e["mode"] == "reused" and e["target"] == ">= 0.5", e
-    assert set(e["fractions"]) == {"quantize mx", "quantize mx rceil", "quantize mxfp4",
-                                   "quantize nvfp4"}, e
+    assert e["mode"] == "reused" and e["target"] == f">= {target}", e
+    assert e["denominator"] == "narrowing copy floor (jax)", e
+    assert set(e["fractions"]) == set(names), e
     assert e["value"] == min(e["fractions"].values()) > 0, e
+    assert e["meets"] == (e["value"] >= target), e
   assert {s["size"] for s in result["floor_target_summary"] if s["ratio"] == key} == {"1K", "64K"}
+  (definition,) = [d for d in result["floor_target_definitions"] if d["target"] == key]
+  assert definition["implementations"] == names and definition["min_fraction"] == target
   assert key in stdout
+
+
+def test_ratios_keep_to_their_sizes_and_modes():
+  """A ratio with sizes or modes is computed only there; one without, everywhere."""
+  from benchmarks.suite import report
+
+  rows = [{"name": name, "mode": mode, "size": size, "elements": n, "median_s": t}
+          for mode in ("fresh", "reused") for size, n in (("1M", 1 << 20), ("16M", 1 << 24))
+          for name, t in (("encode e4m3fn", 1.0), ("xla astype e4m3fn", 1.2),
+                          ("torch .to(e4m3fn)", 3.0))]
+  entries = report.ratios(rows)
+  where, meets = {}, {}
+  for e in entries:
+    where.setdefault(e["ratio"], set()).add((e["mode"], e["size"]))
+    meets[e["ratio"]] = e["meets"]
+  everywhere = {(m, s) for m in ("fresh", "reused") for s in ("1M", "16M")}
+  assert where["encode speedup vs xla astype"] == everywhere
+  assert where["out= encode vs donated xla astype (16M)"] == {("reused", "16M")}
+  assert where["out= encode vs torch copy_ (16M)"] == {("reused", "16M")}
+  assert where["fresh encode vs xla astype (16M)"] == {("fresh", "16M")}
+  assert where["fresh encode vs torch .to() (16M)"] == {("fresh", "16M")}
+  # Those whose times are missing (decode, stochastic, quantize) are left out.
+  assert "decode speedup vs xla astype (≥1.1)" not in where
+  assert meets == {"encode speedup vs xla astype": False, "encode speedup vs torch .to()": True,
+                   "out= encode vs donated xla astype (16M)": False,
+                   "out= encode vs torch copy_ (16M)": True,
+                   "fresh encode vs xla astype (16M)": True,
+                   "fresh encode vs torch .to() (16M)": True}
+  table = report.ratio_table(entries)
+  assert "out= encode vs torch copy_ (16M)" in table and "✓" in table and "✗" in table
 
 
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed, so no plot is made")

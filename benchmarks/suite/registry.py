@@ -33,6 +33,7 @@ QUICK_SIZES = "1K,64K"
 MODES = ("fresh", "reused")
 _ROW = 1024          # the data's last axis: (n / 1024, 1024)
 _BLOCK = 128         # quantize block128: 1-D blocks along the last axis
+_TILE = (128, 128)   # quantize block128x128: 2-D tiles over the last two axes
 NVFP4_BLOCK = 16     # quantize nvfp4: 1x16 blocks along the last axis
 _SCALE = 100.0       # N(0, 1) * 100: about 1 value in 10^5 exceeds e4m3fn's 448
 _E4M3FN_MAX = 448.0
@@ -58,6 +59,8 @@ class Data:
   codes_f8: jax.Array              # the same codes as jnp.float8_e4m3fn
   t: Any = None                    # torch.bfloat16 view of x_np (or a copy on CUDA)
   codes_t: Any = None              # torch.uint8 codes
+  # The dequantize cases' inputs, by quantize case name, made once (`_qarray`).
+  qarrays: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def parse_size(text: str) -> int:
@@ -193,6 +196,8 @@ _QUANTIZE: dict[str, tuple[str, dict[str, Any], str]] = {
     "quantize tensor": ("e4m3fn", {"scaling": "tensor"}, "e4m3fn"),
     "quantize axis": ("e4m3fn", {"scaling": "axis", "axis": -1}, "e4m3fn"),
     "quantize block128": ("e4m3fn", {"scaling": "block", "block_size": _BLOCK}, "e4m3fn"),
+    "quantize block128x128": ("e4m3fn", {"scaling": "block", "block_size": _TILE},
+                              "e4m3fn, 128x128 tiles over the last two axes"),
     "quantize mx": ("e4m3fn", {"scaling": "mx"}, "e4m3fn"),
     "quantize mx rceil": ("e4m3fn", {"scaling": "mx", "scale_rounding": "rceil"},
                           "e4m3fn, MX with scale_rounding='rceil'"),
@@ -205,6 +210,22 @@ _QUANTIZE: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 _QUANTIZE_INTO = {name: _donating(lambda x, fmt=fmt, kw=kw: fp8jax.quantize(x, fmt, **kw))
                   for name, (fmt, kw, _) in _QUANTIZE.items()}
+# dequantize case name: the quantize case that makes its input. The input QArray is made
+# once per size, outside the timed calls, by a jit of its own (`_qarray`); the timed call
+# is dequantize(q, jnp.bfloat16), and its reused twin takes a donated bfloat16 output
+# (a QArray is a pytree, so it passes through jit as it is).
+_DEQUANTIZE = {
+    "dequantize tensor": "quantize tensor",
+    "dequantize axis": "quantize axis",
+    "dequantize block128": "quantize block128",
+    "dequantize block128x128": "quantize block128x128",
+    "dequantize mx": "quantize mx",
+    "dequantize nvfp4": "quantize nvfp4",
+}
+_QARRAY = {name: jax.jit(lambda x, fmt=fmt, kw=kw: fp8jax.quantize(x, fmt, **kw))
+           for name, (fmt, kw, _) in _QUANTIZE.items() if name in _DEQUANTIZE.values()}
+_DEQUANTIZE_INTO = {name: jax.jit(lambda q, out: fp8jax.dequantize(q, jnp.bfloat16),
+                                  donate_argnums=1, keep_unused=True) for name in _DEQUANTIZE}
 
 # XLA's native converts.
 _XLA = {
@@ -391,6 +412,30 @@ def _quantize_impl(name: str) -> Impl:
               note=f"{what}; reused: jit of quantize with the codes' buffer donated")
 
 
+def _qarray(d: Data, name: str) -> Any:
+  """The QArray of quantize case `name` of d.x, made on first use and kept with `d`."""
+  if name not in d.qarrays:
+    d.qarrays[name] = jax.block_until_ready(_QARRAY[name](d.x))
+  return d.qarrays[name]
+
+
+def _dequantize_impl(name: str) -> Impl:
+  source = _DEQUANTIZE[name]
+  into = _DEQUANTIZE_INTO[name]
+
+  def fresh(d: Data) -> Callable[[], Any]:
+    q = _qarray(d, source)
+    return lambda: fp8jax.dequantize(q, jnp.bfloat16)
+
+  def reused(d: Data) -> Callable[[Any], Any]:
+    q = _qarray(d, source)
+    return lambda o: into(q, o)
+  return Impl(name, "fp8jax", CAST_BYTES, _jax_fresh(fresh),
+              _jax_reused(reused, _zeros(jnp.bfloat16)),
+              note=f"to bfloat16, from a QArray made once per size by `{source}`'s call; "
+                   "reused: jit of dequantize with the output's buffer donated")
+
+
 IMPLS: tuple[Impl, ...] = (
     Impl("encode e4m3fn", "fp8jax", CAST_BYTES,
          _jax_fresh(lambda d: lambda: fp8jax.encode(d.x, "e4m3fn")),
@@ -412,6 +457,7 @@ IMPLS: tuple[Impl, ...] = (
          _jax_reused(lambda d: lambda o: _ENC_SR_INTO(d.x, _KEY, o), _zeros(jnp.uint8)),
          note="key=jax.random.key(0) every call"),
     *(_quantize_impl(name) for name in _QUANTIZE),
+    *(_dequantize_impl(name) for name in _DEQUANTIZE),
     Impl("interop round_to_fp8 (torch)", "fp8jax", CAST_BYTES, _interop_fresh, _interop_reused,
          needs_torch=True,
          note="torch tensors in and out; reused: the out= argument (filled in place)"),
@@ -448,8 +494,10 @@ IMPLS: tuple[Impl, ...] = (
          _floor_numpy_reused, note="copy of 1.5 n bytes; reused: np.copyto"),
 )
 IMPL_NAMES = tuple(i.name for i in IMPLS)
-# The MX and NVFP4 quantize cases (the "mx/nvfp4 quantize" floor target's).
+# The floor targets' groups: every quantize case, the MX and NVFP4 ones, every dequantize.
+QUANTIZE_NAMES = tuple(_QUANTIZE)
 MX_NVFP4_QUANTIZE = ("quantize mx", "quantize mx rceil", "quantize mxfp4", "quantize nvfp4")
+DEQUANTIZE_NAMES = tuple(_DEQUANTIZE)
 
 
 def selected(only: str | None) -> tuple[list[Impl], list[dict[str, str]]]:

@@ -44,6 +44,11 @@ IEEE = "ieee"
 Overflow = Literal["saturate", "satfinite", "ieee"]
 OVERFLOWS = typing.get_args(Overflow)
 
+# Exponents of `convert`'s `pow2` at or below POW2_ZERO stand for a scale of 0
+# (division by infinity), at or above POW2_NAN for a NaN scale.
+POW2_ZERO = -(1 << 12)
+POW2_NAN = 1 << 12
+
 # Random bits added below the cut in stochastic rounding: 31, so that the
 # sum with a mantissa of at most 25 bits fits in uint32.
 RANDOM_BITS = 31
@@ -115,10 +120,31 @@ def _unpack(bits: jax.Array, src: BitLayout, normalize: bool):
   exp = jnp.maximum(exp, 1)
   if normalize:
     # Move a subnormal's leading one up to the hidden-bit position.
-    shift = lax.clz(frac).astype(S) + (m - (jnp.dtype(U).itemsize * 8 - 1))
-    mant = jnp.where(sub, frac << shift.astype(U), mant)
+    norm, shift = _normalized(frac, m)
+    mant = jnp.where(sub, norm, mant)
     exp = jnp.where(sub, 1 - shift, exp)
   return sign, exp, mant, is_nan, is_inf, mag == 0
+
+
+def _normalized(frac: jax.Array, m: int):
+  """(frac shifted so that its leading one is at bit m, the shift), for 0 < frac < 2^m.
+
+  In 16-bit lanes a branch-free binary search: x86 has no 16-bit vector
+  clz, and XLA:CPU then counts one element at a time.
+  """
+  U, S = _word(frac)
+  width = jnp.dtype(U).itemsize * 8
+  if width >= 32:
+    shift = lax.clz(frac).astype(S) + (m - (width - 1))
+    return frac << shift.astype(U), shift
+  shift = jnp.zeros(frac.shape, S)
+  step = 1 << max(m - 1, 0).bit_length() >> 1
+  while step:
+    low = frac < U(1 << (m - step))
+    frac = jnp.where(low, frac << U(step), frac)
+    shift = shift + jnp.where(low, S(step), S(0))
+    step >>= 1
+  return frac << U(1), shift + 1
 
 
 def exact_product(src: BitLayout) -> bool:
@@ -143,7 +169,7 @@ def _scale(parts, src: BitLayout, scale: jax.Array, divide: bool):
   sign, exp, mant, is_nan, is_inf, is_zero = parts
   s_bits = lax.bitcast_convert_type(scale.astype(jnp.float32), _u32)
   s_sign, s_exp, s_mant, s_nan, s_inf, s_zero = _unpack(
-      jnp.broadcast_to(s_bits, mant.shape), layout.FLOAT32, normalize=True)
+      s_bits, layout.FLOAT32, normalize=True)
   k = s_exp - _F32_BIAS
 
   if not divide and exact_product(src):
@@ -183,6 +209,29 @@ def _scale(parts, src: BitLayout, scale: jax.Array, divide: bool):
   return (sign, new_exp, new_mant, is_nan, is_inf, is_zero), width
 
 
+def _scale_pow2(parts, src: BitLayout, e: jax.Array):
+  """Multiplies unpacked values by 2^e, exactly (`POW2_ZERO` for 0, `POW2_NAN` for NaN).
+
+  The same as `_scale` by the float32 power of two, in the lanes of the
+  input: only exponents move. At or above 2^128 the product is infinite, as
+  in float32; 0 * inf is NaN.
+  """
+  sign, exp, mant, is_nan, is_inf, is_zero = parts
+  _, S = _word(mant)
+  zero_scale = e <= POW2_ZERO
+  nan_scale = e >= POW2_NAN
+  e = jnp.where(zero_scale | nan_scale, 0, e).astype(S)
+  new_exp = exp + e
+  finite = ~(is_nan | is_inf | is_zero)
+  is_nan = is_nan | nan_scale | (is_inf & zero_scale)
+  too_big = new_exp - S(src.bias) >= S(_F32_OVERFLOW_EXPONENT)
+  is_inf = ~is_nan & (is_inf | (finite & ~zero_scale & too_big))
+  is_zero = ~is_nan & ~is_inf & (is_zero | zero_scale)
+  U, _ = _word(mant)
+  mant = jnp.where(is_zero, U(0), mant)
+  return sign, new_exp, mant, is_nan, is_inf, is_zero
+
+
 def _round_shift(mant, r, rounding: str, min_shift: int):
   """Computes mant / 2^r rounded to an integer; r >= min_shift >= 0."""
   U, _ = _word(mant)
@@ -199,7 +248,8 @@ def _round_shift(mant, r, rounding: str, min_shift: int):
 
 def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = NEAREST,
             overflow: str = SATURATE, rand: jax.Array | None = None,
-            scale: jax.Array | None = None, divide: bool = False) -> jax.Array:
+            scale: jax.Array | None = None, divide: bool = False,
+            pow2: jax.Array | None = None) -> jax.Array:
   """Converts `src` codes to `dst` codes.
 
   Args:
@@ -213,6 +263,10 @@ def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = 
     scale: optional float32 array broadcastable to `bits`; the value is
       multiplied by it (divided, if `divide`) before rounding.
     divide: divide by `scale` instead of multiplying.
+    pow2: instead of `scale`, an integer array broadcastable to `bits`: the
+      value is multiplied by 2^pow2 (by 0 at or below `POW2_ZERO`, by NaN at or above `POW2_NAN`). The
+      result is that of `scale=2.0**pow2`, computed in the input's lanes
+      (the product of a power of two is exact); MX scales are powers of two.
 
   Returns:
     An array of `dst` codes, the shape of `bits`: uint16 where `word_for`
@@ -220,6 +274,10 @@ def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = 
   """
   scaled = scale is not None
   bits = bits.astype(word_for(src, dst, rand is not None, scaled))
+  if pow2 is not None:
+    # Every source subnormal needs its hidden bit: the shift may make it normal.
+    parts = _scale_pow2(_unpack(bits, src, normalize=True), src, pow2)
+    return _round_pack(parts, src.bias, src.mantissa_bits, dst, rounding, overflow, rand, True)
   exact = scaled and not divide and exact_product(src)
   # Source subnormals need a hidden bit where the target's normal range
   # reaches below the source's, and for an exact product.

@@ -70,16 +70,17 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
       rule = spec.granularity.rule
       amax = scales.abs_max_bits(view, inner, axis_name, finite=rule == "floor")
       scale_kd = scales.mx_scale_codes(amax, fmt, rule)
-      divisor = scales.mx_divisor(scale_kd, rule)
+      divisor, pow2 = None, scales.mx_exponent(scale_kd, rule)
     else:
       amax = scales.abs_max_bits(view, inner, axis_name)
       scale_kd = divisor = scales.dynamic_scale(amax, fmt, spec.pow2, spec.margin)
+      pow2 = None
     if kind == Tensor.kind:
       scale = scale_kd.reshape(())
       bits = _encode_divided(x, dst, scale, spec.rounding, spec.overflow, key)
     else:
       codes = codec.encode_array(view, dst, rounding=spec.rounding, overflow=spec.overflow,
-                                 key=key, scale=divisor, divide=True)
+                                 key=key, scale=divisor, divide=True, pow2=pow2)
       bits = grouping.ungrouped(codes, x.shape, axes)
       scale = grouping.merged(scale_kd, grouping.pair_starts(x.ndim, axes))
   if spec.pack:

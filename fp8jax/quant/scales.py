@@ -63,11 +63,18 @@ def abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None,
     v, inner = v.reshape(-1, _ROW), (0, 1)
   word = jnp.dtype(f"uint{src.bits}")
   u = lax.bitcast_convert_type(v, word) & word.type(src.magnitude_mask)
-  if finite:
-    u = jnp.where(u < word.type(src.inf_magnitude), u, word.type(0))
-  u = _fold_last(u, inner)
+  inf = word.type(src.inf_magnitude)
+  # Non-finite magnitudes already order as the NaN-first max wants; the select
+  # (which sets a bit they all have) keeps XLA:CPU's fast reduction layout.
+  u = jnp.where(u < inf, u, word.type(0) if finite else u | word.type(1 << (src.bits - 2)))
+  if u.size and not spec and u.ndim - 1 in inner and _fast_last(u):
+    u = _max_last(u)
+    inner = tuple(d for d in inner if d < u.ndim)
+  else:
+    u = _fold_last(u, inner)
   if u.size:
-    amax = grouping.reshape(jnp.max(u, axis=inner).astype(jnp.uint32), grid, grid_spec)
+    amax = u if not inner else jnp.max(u, axis=inner)
+    amax = grouping.reshape(amax.astype(jnp.uint32), grid, grid_spec)
   else:
     amax = jnp.zeros(grid, jnp.uint32)
   if axis_name is not None:
@@ -98,6 +105,34 @@ def _fold_last(u: jax.Array, inner: tuple[int, ...], op=jnp.maximum) -> jax.Arra
   w = grouping.reshape(u, u.shape[:-1] + (n // _FOLD, _FOLD),
                spec[:-1] + (entry, None) if spec else None)
   return functools.reduce(op, [w[..., i] for i in range(_FOLD)])
+
+
+def _fast_last(u: jax.Array) -> bool:
+  n = u.shape[-1]
+  return u.dtype == jnp.uint16 and n >= 16 and n & (n - 1) == 0
+
+
+def _max_last(u: jax.Array) -> jax.Array:
+  """The max over the last axis of 16-bit magnitudes, its length a power of two >= 16.
+
+  XLA:CPU (JAX 0.10) reduces a short minor axis in one of several loop
+  layouts, some 10x slower than the rest, by how the reduction is phrased
+  (benchmarks/README.md, "block maxima"). These are the fast phrasings, by
+  block length: elementwise maxima of halves down to 32 (8 from 512 on: one
+  small intermediate), then a reduction; 32 in 32-bit lanes; 16 with eight
+  blocks to a row. The max is the same whichever runs.
+  """
+  n = u.shape[-1]
+  lead = u.shape[:-1]
+  if n == 16 and math.prod(lead) % 8 == 0:
+    return jnp.max(u.reshape(-1, 8, 16), axis=-1).reshape(lead)
+  if n == 32:
+    return jnp.max(u.astype(jnp.int32), axis=-1).astype(u.dtype)
+  stop = 8 if n >= 512 else 32
+  while u.shape[-1] > stop:
+    half = u.shape[-1] // 2
+    u = jnp.maximum(u[..., :half], u[..., half:])
+  return jnp.max(u, axis=-1)
 
 
 def nan_count(x: jax.Array) -> jax.Array:
@@ -164,21 +199,24 @@ def mx_scale_codes(amax: jax.Array, fmt: Format, rule: str = "floor") -> jax.Arr
   return jnp.where(f32.is_nan(amax), 255, code).astype(jnp.uint8)
 
 
-def mx_divisor(codes: jax.Array, rule: str) -> jax.Array:
-  """The float32 number `rule` divides a block's values by before encoding.
+def mx_exponent(codes: jax.Array, rule: str) -> jax.Array:
+  """The block's divisor under `rule`, as e with x / divisor = x * 2^e (int32).
 
-  2^(code - 127), except for torchao's quirks: ceil and even build the
-  divisor from the code's bits (code 255 is infinity) and clamp it to
-  2^-126; rceil multiplies by 2^(127 - code), by 1 for code 0, by 2^-127 for
-  code 254 and by NaN for code 255.
+  The divisor is 2^(code - 127), except for torchao's quirks: ceil and even
+  build it from the code's bits (code 255 is infinity) and clamp it to
+  2^-126; rceil multiplies by 2^(127 - code), by 1 for code 0 and by NaN for
+  code 255. An infinite divisor is `kernel.POW2_ZERO`, a NaN one
+  `kernel.POW2_NAN`: the encode moves exponents in the input's lanes
+  (`kernel.convert`'s pow2) instead of dividing in float32.
   """
-  value = f32.from_e8m0(codes)
+  e = f32.BIAS - codes.astype(jnp.int32)
   if rule == "floor":
-    return value
+    return e
   if rule == "rceil":
-    return jnp.where(codes == 0, jnp.float32(1), value)
-  value = jnp.where(codes == 255, jnp.float32(np.inf), value)
-  return jnp.where(codes == 0, jnp.float32(f32.TINY), value)
+    e = jnp.where(codes == 0, 0, e)
+    return jnp.where(codes == 255, kernel.POW2_NAN, e)
+  e = jnp.where(codes == 0, f32.BIAS - 1, e)
+  return jnp.where(codes == 255, kernel.POW2_ZERO, e)
 
 
 def amax(x: ArrayLike, axis_name: Any = None) -> jax.Array:

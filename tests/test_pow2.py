@@ -1,0 +1,60 @@
+"""The kernel's power-of-two scale (MX blocks): bit for bit the float32 division it replaces.
+
+`kernel.convert(..., pow2=e)` moves exponents in the input's lanes; the
+reference is the same kernel's float32 route, dividing by 2^-e, whose
+exactness the scaling tests establish against the definition.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fp8jax.core import codec, kernel
+from fp8jax.core.formats import FORMATS
+from tests.conftest import every
+
+TARGETS = ("e4m3fn", "e5m2", "e2m3fn", "e3m2fn", "e2m1fn")
+# The ends of an MX divisor's range (2^-127 .. 2^127), 2^-126, and between;
+# then the sentinels for an infinite and a NaN divisor.
+EXPONENTS = (-127, -126, -100, -9, -1, 0, 1, 6, 64, 126, 127, kernel.POW2_ZERO, kernel.POW2_NAN)
+
+
+
+
+def _encode(x, fmt, e, rounding, key=None):
+  dst = FORMATS[fmt].bit_layout
+  fast = codec.encode_array(x, dst, rounding=rounding, overflow="saturate", key=key, pow2=e)
+  if isinstance(e, int) and e in (kernel.POW2_ZERO, kernel.POW2_NAN):
+    divisor = jnp.float32(np.inf if e == kernel.POW2_ZERO else np.nan)
+  else:
+    divisor = jnp.asarray(np.exp2(-np.asarray(e, np.float64)).astype(np.float32))
+  slow = codec.encode_array(x, dst, rounding=rounding, overflow="saturate", key=key,
+                            scale=divisor, divide=True)
+  return fast, slow
+
+
+@pytest.mark.parametrize("fmt", TARGETS)
+@pytest.mark.parametrize("src", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("rounding", ["nearest", "toward_zero"])
+def test_every_16bit_input_and_exponent(fmt, src, rounding):
+  x = jnp.asarray(every(np.dtype(src)))
+  for e in EXPONENTS:
+    fast, slow = _encode(x, fmt, e, rounding)
+    bad = np.flatnonzero(np.asarray(fast) != np.asarray(slow))
+    assert bad.size == 0, (e, np.asarray(x)[bad[:5]], np.asarray(fast)[bad[:5]],
+                           np.asarray(slow)[bad[:5]])
+
+
+def test_float32_inputs_and_stochastic_rounding():
+  rng = np.random.default_rng(0)
+  bits = rng.integers(0, 2**32, 1 << 16, dtype=np.uint64).astype(np.uint32)
+  x = lax.bitcast_convert_type(jnp.asarray(bits), jnp.float32)
+  e = rng.integers(-127, 128, x.shape).astype(np.int32)
+  key = jax.random.key(1)
+  for rounding in ("nearest", "stochastic"):
+    fast, slow = _encode(x, "e4m3fn", e, rounding, key if rounding == "stochastic" else None)
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(slow))
