@@ -58,3 +58,16 @@ def test_float32_inputs_and_stochastic_rounding():
   for rounding in ("nearest", "stochastic"):
     fast, slow = _encode(x, "e4m3fn", e, rounding, key if rounding == "stochastic" else None)
     np.testing.assert_array_equal(np.asarray(fast), np.asarray(slow))
+
+
+@pytest.mark.parametrize("fmt", TARGETS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bf16", "f16", "f32"])
+def test_decode_every_code_and_exponent(fmt, dtype):
+  src = FORMATS[fmt].bit_layout
+  codes = jnp.arange(256, dtype=jnp.uint8) & jnp.uint8((1 << src.bits) - 1)
+  for e in EXPONENTS[:-2] + (kernel.POW2_NAN,):
+    scale = jnp.float32(np.nan) if e == kernel.POW2_NAN else jnp.asarray(np.float32(2.0**e))
+    fast = codec.decode_array(codes, src, np.dtype(dtype), pow2=e)
+    slow = codec.decode_array(codes, src, np.dtype(dtype), scale=scale)
+    np.testing.assert_array_equal(np.asarray(fast).view(np.uint8), np.asarray(slow).view(np.uint8),
+                                  err_msg=str(e))

@@ -49,13 +49,16 @@ def encode_array(x: jax.Array, dst: layout.BitLayout, *, rounding: str, overflow
 
 
 def decode_array(bits: jax.Array, src: layout.BitLayout, dtype: np.dtype, *,
-                 scale: jax.Array | None = None, divide: bool = False) -> jax.Array:
+                 scale: jax.Array | None = None, divide: bool = False,
+                 pow2: jax.Array | None = None) -> jax.Array:
   """The traceable body of `decode`; with `scale`, `decode(bits) * scale` (or
-  `/ scale`) formed as in float32 and rounded to `dtype`."""
+  `/ scale`) formed as in float32 and rounded to `dtype`; with `pow2`
+  (integers), `decode(bits) * 2^pow2`, which float32 holds exactly for the
+  8-bit formats and exponents of at least -127 (MX scales), rounded once."""
   codes = lax.bitcast_convert_type(bits, jnp.uint8).astype(jnp.uint32)
   dtype = np.dtype(dtype)
   out = kernel.convert(codes, src, layout.FLOAT_LAYOUTS[dtype], rounding=kernel.NEAREST,
-                      overflow=kernel.IEEE, scale=scale, divide=divide)
+                      overflow=kernel.IEEE, scale=scale, divide=divide, pow2=pow2)
   return _from_u32(out, dtype)
 
 
