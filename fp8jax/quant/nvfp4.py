@@ -63,8 +63,7 @@ class BlockScales(NamedTuple):
   """One rule's result for a grouped view: e4m3fn codes, the element scale and its use."""
 
   codes: jax.Array  # uint8 e4m3fn block scales
-  element_scale: jax.Array  # float32: x is multiplied (or divided) by it before fp4 rounding
-  divide: bool
+  element_scale: jax.Array  # float32: x is multiplied (or divided, `_DIVIDING`) by it
   tensor_scale: jax.Array  # float32, the number the stack stores
 
 
@@ -74,7 +73,10 @@ def _f(v: float) -> jax.Array:
 
 def _e4m3(v: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Non-negative float32 to e4m3fn (nearest even, saturating): codes and their values."""
-  codes = codec.encode_array(v, _E4M3, rounding="nearest", overflow="satfinite")
+  # The codes apart: every later use (the scale, the element scale, the output) would
+  # otherwise redo the arithmetic that led to them.
+  codes = grouping.apart(
+      lambda v: codec.encode_array(v, _E4M3, rounding="nearest", overflow="satfinite"), v)
   return codes, codec.decode_array(codes, _E4M3, np.dtype(np.float32))
 
 
@@ -88,7 +90,7 @@ def _torchao(b, a, dtype) -> BlockScales:
   t = f32.div(a, _f(_BOTH_MAX))
   codes, s = _e4m3(f32.clamp_keep_nan(f32.div(f32.div(b, _f(_FP4_MAX)), t), 2.0**-6, _E4M3_MAX))
   r = f32.div(f32.div(_f(1), t), s)
-  return BlockScales(codes, r, False, t)
+  return BlockScales(codes, r, t)
 
 
 def _te(b, a, dtype) -> BlockScales:
@@ -99,7 +101,7 @@ def _te(b, a, dtype) -> BlockScales:
   scale = _min_keep_nan(f32.mul(b, f32.mul(enc, _f(_RCP6))), _F32_MAX)
   codes, s = _e4m3(_min_keep_nan(scale, _E4M3_MAX))
   r = _min_keep_nan(f32.div(_f(1), f32.mul(s, dec)), _F32_MAX)
-  return BlockScales(codes, r, False, a)
+  return BlockScales(codes, r, a)
 
 
 def _modelopt(b, a, dtype) -> BlockScales:
@@ -108,7 +110,7 @@ def _modelopt(b, a, dtype) -> BlockScales:
   scale = f32.div(b, f32.mul(_f(_FP4_MAX), t))
   scale = jnp.where(f32.is_positive(scale) | f32.is_nan(scale), scale, _f(1))
   codes, s = _e4m3(jnp.where(f32.is_nan(scale), scale, f32.clamp_positive(scale, 2.0**-9, np.inf)))
-  return BlockScales(codes, f32.mul(s, t), True, t)
+  return BlockScales(codes, f32.mul(s, t), t)
 
 
 def _compressed_tensors(b, a, dtype) -> BlockScales:
@@ -122,7 +124,7 @@ def _compressed_tensors(b, a, dtype) -> BlockScales:
   codes = jnp.where(zero, codec.encode_array(_f(0.125), _E4M3, rounding="nearest",
                                              overflow="satfinite"), codes)
   s = jnp.where(zero, _f(0.125), s)
-  return BlockScales(codes, f32.div(s, g), True, g)
+  return BlockScales(codes, f32.div(s, g), g)
 
 
 _Rule = Callable[[jax.Array, jax.Array, np.dtype], BlockScales]
@@ -133,6 +135,7 @@ _RULES: dict[str, _Rule] = {
     "compressed-tensors": _compressed_tensors,
 }
 _SIGNED_ZEROS = ("torchao", "te")  # the others write code 0 for a zero quotient
+_DIVIDING = ("modelopt", "compressed-tensors")  # the others multiply by the element scale
 
 
 def _multiplier(rule: str, s: jax.Array, t: jax.Array) -> jax.Array:
@@ -159,12 +162,19 @@ def quantize_blocks(x: jax.Array, spec: QuantSpec, key: jax.Array | None):
   lead = _leading(spec, x.ndim)
   view, inner = grouping.grouped(x, axes, grouping.blocks_for(x.shape, axes, block))
   b = scales.abs_max_bits(view, inner, finite=False)
-  a = scales.abs_max_bits(x, tuple(range(lead, x.ndim)), finite=False)
+  if b.size:
+    # The tensor's amax is the largest block amax (NaN's bits are the largest): no
+    # second pass over x.
+    a = f32.max_positive(b, axis=tuple(range(lead, b.ndim)))
+  else:
+    a = scales.abs_max_bits(x, tuple(range(lead, x.ndim)), finite=False)
   a = a.reshape(x.shape[:lead] + (1,) * (b.ndim - lead))
-  result = _RULES[g.rule](b, a, np.dtype(x.dtype))
+  # Apart from the encode, or XLA fuses the per-block arithmetic into it and redoes
+  # it for every element (ten times slower).
+  result = grouping.apart(lambda ba: _RULES[g.rule](*ba, np.dtype(x.dtype)), (b, a))
   codes = codec.encode_array(view, spec.format.bit_layout, rounding=spec.rounding,
                              overflow=spec.overflow, key=key, scale=result.element_scale,
-                             divide=result.divide)
+                             divide=g.rule in _DIVIDING)
   if g.rule not in _SIGNED_ZEROS:
     codes = jnp.where(f32.quotient_is_zero(view, result.element_scale), jnp.uint8(0), codes)
   bits = grouping.ungrouped(codes, x.shape, axes)

@@ -69,7 +69,8 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
       # Every rule but OCP's floor takes NaN and infinities into the amax, as torchao does.
       rule = spec.granularity.rule
       amax = scales.abs_max_bits(view, inner, axis_name, finite=rule == "floor")
-      scale_kd = scales.mx_scale_codes(amax, fmt, rule)
+      # Apart, or XLA redoes the per-block arithmetic for every element.
+      scale_kd = grouping.apart(lambda a: scales.mx_scale_codes(a, fmt, rule), amax)
       divisor, pow2 = None, scales.mx_exponent(scale_kd, rule)
     else:
       amax = scales.abs_max_bits(view, inner, axis_name)
