@@ -70,6 +70,12 @@ def abs_max_bits(v: jax.Array, inner: tuple[int, ...], axis_name=None,
   if u.size and not spec and u.ndim - 1 in inner and _fast_last(u):
     u = _max_last(u)
     inner = tuple(d for d in inner if d < u.ndim)
+    # The rows of a tile, likewise by halves (a reduction there is 7x slower).
+    for d in inner:
+      while 1 < u.shape[d] <= _ROW and u.shape[d] % 2 == 0:
+        half = u.shape[d] // 2
+        u = jnp.maximum(lax.slice_in_dim(u, 0, half, axis=d),
+                        lax.slice_in_dim(u, half, 2 * half, axis=d))
   else:
     u = _fold_last(u, inner)
   if u.size:
