@@ -31,20 +31,23 @@ def _from_u32(codes: jax.Array, dtype: np.dtype) -> jax.Array:
 
 def encode_array(x: jax.Array, dst: layout.BitLayout, *, rounding: str, overflow: str,
                  key: jax.Array | None = None, scale: jax.Array | None = None,
-                 divide: bool = False, pow2: jax.Array | None = None) -> jax.Array:
+                 divide: bool = False, pow2: jax.Array | None = None,
+                 normal_scale: bool = False) -> jax.Array:
   """The traceable body of `encode`, for use inside other jitted functions.
 
   Arguments are not checked. With `scale`, encodes `x * scale` (or
   `x / scale`), the product or quotient formed as float32 does, rounded once
   to 24 bits, without flushing subnormals, infinite at or above 2^128. With
   `pow2` (integers), encodes `x * 2^pow2` the same way (`kernel.convert`).
+  `normal_scale` promises positive normal scales (`kernel.convert`).
   """
   rand = None
   if rounding == kernel.STOCHASTIC:
     rand = randbits.bits(key, x.shape)
   src = layout.FLOAT_LAYOUTS[np.dtype(x.dtype)]
   codes = kernel.convert(_as_u32(x), src, dst, rounding=rounding, overflow=overflow,
-                        rand=rand, scale=scale, divide=divide, pow2=pow2)
+                        rand=rand, scale=scale, divide=divide, pow2=pow2,
+                        normal_scale=normal_scale)
   return codes.astype(jnp.uint8)
 
 

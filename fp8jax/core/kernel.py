@@ -156,7 +156,7 @@ def exact_product(src: BitLayout) -> bool:
   return src.mantissa_bits + 1 + _F32_MANTISSA_BITS + 1 <= 31
 
 
-def _scale(parts, src: BitLayout, scale: jax.Array, divide: bool):
+def _scale(parts, src: BitLayout, scale: jax.Array, divide: bool, normal: bool = False):
   """Multiplies (or divides) unpacked values by float32 `scale`.
 
   Returns the `_unpack` tuple and the new mantissa width. Where
@@ -164,7 +164,8 @@ def _scale(parts, src: BitLayout, scale: jax.Array, divide: bool):
   integers (the source must be normalized). Otherwise, and for every
   quotient, the result is the float32 one rounded to 24 significant bits,
   with an exponent that neither underflows nor flushes. At or above 2^128
-  the result is infinite, as in float32.
+  the result is infinite, as in float32. `normal` promises a positive normal
+  scale (dynamic scales are), which spares the special cases per element.
   """
   sign, exp, mant, is_nan, is_inf, is_zero = parts
   s_bits = lax.bitcast_convert_type(scale.astype(jnp.float32), _u32)
@@ -196,11 +197,14 @@ def _scale(parts, src: BitLayout, scale: jax.Array, divide: bool):
     new_mant = (p_bits & _u32((1 << width) - 1)) | _u32(1 << width)
     new_exp = exp + p_exp - src.mantissa_bits + (-k if divide else k)
 
+  too_big = new_exp - src.bias >= _F32_OVERFLOW_EXPONENT
+  if normal:
+    is_inf = is_inf | (~(is_nan | is_inf | is_zero) & too_big)
+    return (sign, new_exp, new_mant, is_nan, is_inf, is_zero), width
   finite = ~(is_nan | is_inf | is_zero)
   zero_scale = s_zero if not divide else s_inf
   inf_scale = s_inf if not divide else s_zero
   is_nan = is_nan | s_nan | (is_inf & zero_scale) | (is_zero & inf_scale)
-  too_big = new_exp - src.bias >= _F32_OVERFLOW_EXPONENT
   is_inf = ~is_nan & (is_inf | (finite & (inf_scale | too_big)))
   is_zero = ~is_nan & ~is_inf & (is_zero | zero_scale)
   new_mant = jnp.where(is_zero, _u32(0), new_mant)
@@ -249,7 +253,7 @@ def _round_shift(mant, r, rounding: str, min_shift: int):
 def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = NEAREST,
             overflow: str = SATURATE, rand: jax.Array | None = None,
             scale: jax.Array | None = None, divide: bool = False,
-            pow2: jax.Array | None = None) -> jax.Array:
+            pow2: jax.Array | None = None, normal_scale: bool = False) -> jax.Array:
   """Converts `src` codes to `dst` codes.
 
   Args:
@@ -267,6 +271,8 @@ def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = 
       value is multiplied by 2^pow2 (by 0 at or below `POW2_ZERO`, by NaN at or above `POW2_NAN`). The
       result is that of `scale=2.0**pow2`, computed in the input's lanes
       (the product of a power of two is exact); MX scales are powers of two.
+    normal_scale: a promise that every `scale` is a positive normal float32
+      (dynamic scales are), which spares the special cases per element.
 
   Returns:
     An array of `dst` codes, the shape of `bits`: uint16 where `word_for`
@@ -285,7 +291,7 @@ def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = 
   parts = _unpack(bits, src, normalize)
   src_m = src.mantissa_bits
   if scaled:
-    parts, src_m = _scale(parts, src, scale, divide)
+    parts, src_m = _scale(parts, src, scale, divide, normal_scale)
   if exact and dst != layout.FLOAT32:
     # The float32 product first, then the target, as float32 arithmetic
     # followed by a cast would round.

@@ -33,16 +33,17 @@ _TABLE_MIN_SIZE = 1 << 18
 
 
 def _encode_divided(x: jax.Array, dst: layout.BitLayout, scale: jax.Array, rounding: str,
-                    overflow: str, key: jax.Array | None) -> jax.Array:
-  """`encode(x / scale)`, through a code table where that is exact and pays."""
+                    overflow: str, key: jax.Array | None, normal: bool) -> jax.Array:
+  """`encode(x / scale)`, through a code table where that is exact and pays;
+  `normal`: the scale is a positive normal float (a dynamic one)."""
   if (rounding == kernel.STOCHASTIC or np.dtype(x.dtype).itemsize != 2 or scale.size != 1
       or x.size < _TABLE_MIN_SIZE or grouping.sharding_spec(x) is not None):
     return codec.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
-                                scale=scale, divide=True)
+                              scale=scale, divide=True, normal_scale=normal)
   def build(s):
     every = lax.bitcast_convert_type(lax.iota(jnp.uint16, 1 << 16), x.dtype)
     return codec.encode_array(every, dst, rounding=rounding, overflow=overflow, scale=s,
-                                divide=True)
+                              divide=True, normal_scale=normal)
 
   # Apart, or XLA fuses the table into the gather and redoes it per element.
   table = grouping.apart(build, scale.reshape(()))
@@ -57,7 +58,7 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
   if kind == NVFP4.kind:
     bits, scale, tensor_scale = nvfp4.quantize_blocks(x, spec, key)
   elif kind == Static.kind:
-    bits = _encode_divided(x, dst, static_scale, spec.rounding, spec.overflow, key)
+    bits = _encode_divided(x, dst, static_scale, spec.rounding, spec.overflow, key, False)
     scale = static_scale
   elif x.size == 0 and block is None:
     # No values: the scale of an all-zero group.
@@ -78,10 +79,11 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
       pow2 = None
     if kind == Tensor.kind:
       scale = scale_kd.reshape(())
-      bits = _encode_divided(x, dst, scale, spec.rounding, spec.overflow, key)
+      bits = _encode_divided(x, dst, scale, spec.rounding, spec.overflow, key, True)
     else:
       codes = codec.encode_array(view, dst, rounding=spec.rounding, overflow=spec.overflow,
-                                 key=key, scale=divisor, divide=True, pow2=pow2)
+                                 key=key, scale=divisor, divide=True, pow2=pow2,
+                                 normal_scale=True)
       bits = grouping.ungrouped(codes, x.shape, axes)
       scale = grouping.merged(scale_kd, grouping.pair_starts(x.ndim, axes))
   if spec.pack:
