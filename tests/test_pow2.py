@@ -34,6 +34,15 @@ def _encode(x, fmt, e, rounding, key=None):
     divisor = jnp.asarray(np.exp2(-np.asarray(e, np.float64)).astype(np.float32))
   slow = codec.encode_array(x, dst, rounding=rounding, overflow="saturate", key=key,
                             scale=divisor, divide=True)
+  if not isinstance(e, int) or e not in (kernel.POW2_ZERO, kernel.POW2_NAN):
+    # Without sentinels, the promise of a normal scale changes nothing.
+    promised = codec.encode_array(x, dst, rounding=rounding, overflow="saturate", key=key,
+                                  pow2=e, normal_scale=True)
+    np.testing.assert_array_equal(np.asarray(promised), np.asarray(fast))
+    if np.all(np.abs(np.asarray(e)) <= 126):  # 2^-127 is not a normal float32
+      normal = codec.encode_array(x, dst, rounding=rounding, overflow="saturate", key=key,
+                                  scale=divisor, divide=True, normal_scale=True)
+      np.testing.assert_array_equal(np.asarray(normal), np.asarray(slow))
   return fast, slow
 
 

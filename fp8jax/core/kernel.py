@@ -213,7 +213,7 @@ def _scale(parts, src: BitLayout, scale: jax.Array, divide: bool, normal: bool =
   return (sign, new_exp, new_mant, is_nan, is_inf, is_zero), width
 
 
-def _scale_pow2(parts, src: BitLayout, e: jax.Array):
+def _scale_pow2(parts, src: BitLayout, e: jax.Array, normal: bool = False):
   """Multiplies unpacked values by 2^e, exactly (`POW2_ZERO` for 0, `POW2_NAN` for NaN).
 
   The same as `_scale` by the float32 power of two, in the lanes of the
@@ -222,6 +222,10 @@ def _scale_pow2(parts, src: BitLayout, e: jax.Array):
   """
   sign, exp, mant, is_nan, is_inf, is_zero = parts
   _, S = _word(mant)
+  if normal:  # no sentinels
+    new_exp = exp + jnp.asarray(e).astype(S)
+    too_big = new_exp - S(src.bias) >= S(_F32_OVERFLOW_EXPONENT)
+    return sign, new_exp, mant, is_nan, is_inf | (~(is_nan | is_inf | is_zero) & too_big), is_zero
   zero_scale = e <= POW2_ZERO
   nan_scale = e >= POW2_NAN
   e = jnp.where(zero_scale | nan_scale, 0, e).astype(S)
@@ -272,7 +276,8 @@ def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = 
       result is that of `scale=2.0**pow2`, computed in the input's lanes
       (the product of a power of two is exact); MX scales are powers of two.
     normal_scale: a promise that every `scale` is a positive normal float32
-      (dynamic scales are), which spares the special cases per element.
+      (dynamic scales are), or that `pow2` holds no sentinel, which spares the
+      special cases per element.
 
   Returns:
     An array of `dst` codes, the shape of `bits`: uint16 where `word_for`
@@ -282,7 +287,7 @@ def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = 
   bits = bits.astype(word_for(src, dst, rand is not None, scaled))
   if pow2 is not None:
     # Every source subnormal needs its hidden bit: the shift may make it normal.
-    parts = _scale_pow2(_unpack(bits, src, normalize=True), src, pow2)
+    parts = _scale_pow2(_unpack(bits, src, normalize=True), src, pow2, normal_scale)
     return _round_pack(parts, src.bias, src.mantissa_bits, dst, rounding, overflow, rand, True)
   exact = scaled and not divide and exact_product(src)
   # Source subnormals need a hidden bit where the target's normal range

@@ -81,9 +81,11 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
       scale = scale_kd.reshape(())
       bits = _encode_divided(x, dst, scale, spec.rounding, spec.overflow, key, True)
     else:
+      # Dynamic scales are positive normal floats; MX exponents have sentinels for
+      # infinite and NaN divisors under every rule but floor.
       codes = codec.encode_array(view, dst, rounding=spec.rounding, overflow=spec.overflow,
                                  key=key, scale=divisor, divide=True, pow2=pow2,
-                                 normal_scale=True)
+                                 normal_scale=kind != MX.kind or spec.granularity.rule == "floor")
       bits = grouping.ungrouped(codes, x.shape, axes)
       scale = grouping.merged(scale_kd, grouping.pair_starts(x.ndim, axes))
   if spec.pack:
