@@ -284,6 +284,9 @@ def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = 
     says 16-bit lanes suffice, else uint32.
   """
   scaled = scale is not None
+  if (src == layout.FLOAT32 and dst == layout.BFLOAT16 and rounding == NEAREST
+      and overflow == IEEE and not scaled and pow2 is None):
+    return _float32_to_bfloat16(bits.astype(_u32))
   bits = bits.astype(word_for(src, dst, rand is not None, scaled))
   if pow2 is not None:
     # Every source subnormal needs its hidden bit: the shift may make it normal.
@@ -303,6 +306,16 @@ def convert(bits: jax.Array, src: BitLayout, dst: BitLayout, *, rounding: str = 
     wide = _round_pack(parts, src.bias, src_m, layout.FLOAT32, NEAREST, IEEE, None, True)
     return convert(wide, layout.FLOAT32, dst, rounding=rounding, overflow=overflow, rand=rand)
   return _round_pack(parts, src.bias, src_m, dst, rounding, overflow, rand, normalize or scaled)
+
+
+def _float32_to_bfloat16(bits: jax.Array) -> jax.Array:
+  """`convert` from float32 to bfloat16, nearest even, IEEE overflow: bfloat16 is
+  float32's top half, so rounding is one add on the bits (a carry moves into the
+  exponent, up to infinity); NaN becomes the canonical NaN of its sign."""
+  nan = (bits & _u32(0x7FFFFFFF)) > _u32(0x7F800000)
+  rounded = (bits + _u32(0x7FFF) + ((bits >> 16) & _u32(1))) >> 16
+  canonical = _u32(layout.BFLOAT16.nan_code) | ((bits >> 31) << 15)
+  return jnp.where(nan, canonical, rounded)
 
 
 def _round_pack(parts, src_bias: int, src_m: int, dst: BitLayout, rounding: str, overflow: str,

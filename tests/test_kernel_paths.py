@@ -1,8 +1,9 @@
-"""The kernel's power-of-two scale (MX blocks): bit for bit the float32 division it replaces.
+"""The kernel's shortcuts, bit for bit against the general routes they bypass.
 
-`kernel.convert(..., pow2=e)` moves exponents in the input's lanes; the
-reference is the same kernel's float32 route, dividing by 2^-e, whose
-exactness the scaling tests establish against the definition.
+`kernel.convert(..., pow2=e)` (MX blocks) moves exponents in the input's
+lanes; its reference is the same kernel's float32 route, dividing by 2^-e,
+whose exactness the scaling tests establish against the definition. Float32
+to bfloat16 is one add on the bits; its reference is ml_dtypes.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import jax
 from jax import lax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
-from fp8jax.core import codec, kernel
+from fp8jax.core import codec, kernel, layout
 from fp8jax.core.formats import FORMATS
 from tests.conftest import every
 
@@ -80,3 +82,21 @@ def test_decode_every_code_and_exponent(fmt, dtype):
     slow = codec.decode_array(codes, src, np.dtype(dtype), scale=scale)
     np.testing.assert_array_equal(np.asarray(fast).view(np.uint8), np.asarray(slow).view(np.uint8),
                                   err_msg=str(e))
+
+
+def test_float32_to_bfloat16_is_ml_dtypes_rounding():
+  rng = np.random.default_rng(2)
+  # Random bit patterns (every exponent, subnormals, NaN payloads), ties, and the edges.
+  bits = rng.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+  ties = (bits & np.uint32(0xFFFF0000)) | np.uint32(0x8000)
+  edges = np.array([0, 0x80000000, 1, 0x7F7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0x7F800000,
+                    0xFF800000, 0x7FC00000, 0xFFFFFFFF, 0x00807FFF, 0x00008000], np.uint32)
+  bits = np.concatenate([bits, ties, edges])
+  x = bits.view(np.float32)
+  got = np.asarray(kernel.convert(jnp.asarray(bits), layout.FLOAT32, layout.BFLOAT16,
+                                  rounding="nearest", overflow="ieee")).astype(np.uint16)
+  want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+  nan = np.isnan(x)
+  np.testing.assert_array_equal(got[~nan], want[~nan])
+  # NaN: the canonical quiet NaN of its sign, as the general route writes it.
+  np.testing.assert_array_equal(got[nan], np.where(bits[nan] >> 31, 0xFFC0, 0x7FC0))
