@@ -274,6 +274,20 @@ def test_nan_inputs_are_counted_for_formats_without_nan():
   np.testing.assert_array_equal(np.asarray(batched.nan_count), [2, 3])
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("shape", [(3, 1024), (2, 1 << 16), (5, 48), (1024,)])
+def test_nan_count_counts_every_nan(dtype, shape):
+  rng = np.random.default_rng(sum(shape))
+  x = rng.standard_normal(shape).astype(np.float32)
+  x[rng.random(shape) < 0.3] = np.nan
+  x[..., :16] = -np.nan  # NaN of either sign, and a row full of them
+  x = x.reshape(-1, shape[-1])
+  x[0] = np.nan
+  x = jnp.asarray(x.reshape(shape), dtype)
+  q = fp8jax.quantize(x, "e2m1fn", scaling="axis")
+  assert int(q.nan_count) == int(np.isnan(np.asarray(x, np.float32)).sum())
+
+
 @pytest.mark.parametrize("kwargs,scale_shape", [
     (dict(scaling="tensor"), ()),
     (dict(scaling="axis"), (4, 1)),

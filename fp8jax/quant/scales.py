@@ -146,10 +146,18 @@ def nan_count(x: jax.Array) -> jax.Array:
   src = layout.FLOAT_LAYOUTS[np.dtype(x.dtype)]
   word = jnp.dtype(f"uint{src.bits}")
   u = lax.bitcast_convert_type(x, word) & word.type(src.magnitude_mask)
-  is_nan = (u > word.type(src.inf_magnitude)).astype(jnp.int32)
-  return jnp.sum(_fold_last(is_nan, tuple(range(x.ndim)), jnp.add), dtype=jnp.int32)
-
-
+  is_nan = u > word.type(src.inf_magnitude)
+  n = x.shape[-1] if x.ndim else 0
+  if src.bits == 16 and 16 <= n <= 1 << 16 and n & (n - 1) == 0 and not grouping.sharding_spec(x):
+    # Counts in 16-bit lanes, summed by halves down to 8 a row (at most 2^13 each):
+    # XLA:CPU sums that way about three times faster than by a reduction.
+    c = is_nan.astype(jnp.uint16)
+    while c.shape[-1] > 8:
+      half = c.shape[-1] // 2
+      c = c[..., :half] + c[..., half:]
+    return jnp.sum(c, dtype=jnp.int32)
+  return jnp.sum(_fold_last(is_nan.astype(jnp.int32), tuple(range(x.ndim)), jnp.add),
+                 dtype=jnp.int32)
 
 
 def dynamic_scale(amax: jax.Array, fmt: Format, pow2: bool, margin: int) -> jax.Array:
