@@ -168,3 +168,20 @@ def test_plot_is_written(quick_run):
   assert png.stat().st_size > 10_000
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def test_phrasings_agree_with_the_plain_computations(tmp_path):
+  """benchmarks/phrasings.py at a tiny size: every fast phrasing gives the plain one's bits."""
+  out = tmp_path / "phrasings.json"
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "phrasings.py"),
+                         "--elements", str(128 * 1024), "--repeats", "2", "--out", str(out)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  with open(out) as f:
+    pairs = json.load(f)["pairs"]
+  assert len(pairs) == 10
+  for name, p in pairs.items():
+    assert p["same_result"], name
+    assert p["plain_s"] > 0 and p["fp8jax_s"] > 0, name

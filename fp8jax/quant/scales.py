@@ -115,23 +115,19 @@ def _fold_last(u: jax.Array, inner: tuple[int, ...], op=jnp.maximum) -> jax.Arra
 
 def _fast_last(u: jax.Array) -> bool:
   n = u.shape[-1]
-  return u.dtype == jnp.uint16 and n >= 16 and n & (n - 1) == 0
+  return u.dtype == jnp.uint16 and n >= 32 and n & (n - 1) == 0
 
 
 def _max_last(u: jax.Array) -> jax.Array:
-  """The max over the last axis of 16-bit magnitudes, its length a power of two >= 16.
+  """The max over the last axis of 16-bit magnitudes, its length a power of two >= 32.
 
-  XLA:CPU (JAX 0.10) reduces a short minor axis in one of several loop
-  layouts, some 10x slower than the rest, by how the reduction is phrased
-  (benchmarks/README.md, "block maxima"). These are the fast phrasings, by
-  block length: elementwise maxima of halves down to 32 (8 from 512 on: one
-  small intermediate), then a reduction; 32 in 32-bit lanes; 16 with eight
-  blocks to a row. The max is the same whichever runs.
+  XLA:CPU (JAX 0.10) lays a reduction over a long minor axis out one element
+  at a time, 15x slower than this: elementwise maxima of halves down to 32
+  elements (8 from 512 on), then a reduction; 32 itself reduces twice as
+  fast in 32-bit lanes (`benchmarks/phrasings.py`). Blocks of 16 reduce as
+  fast as written.
   """
   n = u.shape[-1]
-  lead = u.shape[:-1]
-  if n == 16 and math.prod(lead) % 8 == 0:
-    return jnp.max(u.reshape(-1, 8, 16), axis=-1).reshape(lead)
   if n == 32:
     return jnp.max(u.astype(jnp.int32), axis=-1).astype(u.dtype)
   stop = 8 if n >= 512 else 32
