@@ -8,10 +8,11 @@ these computations the fast way; this script times both ways on the same
 bfloat16 data (N(0, 1) * 100, rows of 1024) and checks that they agree:
 
 - block maxima along the last axis (16, 32, 128 and 1024 elements) and over
-  128x128 tiles: `scales.abs_max_bits` against `jnp.max` of the masked
-  magnitudes;
-- the NaN count of a format without NaN: `scales.nan_count` against a sum
-  of int32 flags;
+  128x128 tiles: `scales.abs_max_bits(..., blocks=True)` against `jnp.max`
+  of the masked magnitudes;
+- the NaN count of a format without NaN, blocks of 32 along the last axis:
+  `scales.nan_count` (chunks of 32 in 16-bit lanes) against a sum of int32
+  flags;
 - MX encode and dequantize: the exponent route of the kernel (`pow2`, 16-bit
   lanes) against the float32 division or product by the power of two;
 - the per-block NVFP4 arithmetic kept apart from the per-element encode
@@ -63,7 +64,7 @@ def _plain_max(inner):
 
 
 def _fast_max(inner):
-  return lambda v: scales.abs_max_bits(v, inner)
+  return lambda v: scales.abs_max_bits(v, inner, blocks=True)
 
 
 def _plain_nan_count(x):
@@ -104,7 +105,7 @@ def _nvfp4(apart: bool, rows: int):
 
   def f(x):
     v = x.reshape(rows, _ROW // 16, 16)
-    b = scales.abs_max_bits(v, (2,), finite=False)
+    b = scales.abs_max_bits(v, (2,), finite=False, blocks=True)
     a = jnp.max(b).reshape(1, 1, 1)
     rule = lambda ba: nvfp4._RULES["torchao"](*ba, np.dtype(x.dtype))
     res = grouping.apart(rule, (b, a)) if apart else rule((b, a))
@@ -164,7 +165,7 @@ def main() -> None:
     pairs[f"block max, {b} along the last axis"] = (_plain_max((2,)), _fast_max((2,)), v)
   tiles = x.reshape(rows // 128, 128, _ROW // 128, 128)
   pairs["block max, 128x128 tiles"] = (_plain_max((1, 3)), _fast_max((1, 3)), tiles)
-  pairs["NaN count"] = (_plain_nan_count, scales.nan_count, x)
+  pairs["NaN count, blocks of 32"] = (_plain_nan_count, lambda a: scales.nan_count(a, 32), x)
   pairs["MX encode (exponent route)"] = (_mx_encode(False, rows), _mx_encode(True, rows), x)
   pairs["MX dequantize (exponent route)"] = (_mx_decode(False, rows), _mx_decode(True, rows),
                                              codes)

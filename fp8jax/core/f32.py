@@ -223,8 +223,8 @@ def quotient_is_zero(x: jax.Array, d: jax.Array) -> jax.Array:
   word = jnp.dtype(f"uint{src.bits}")
   ux = lax.bitcast_convert_type(x, word).astype(jnp.uint32)
   _, ex, mx, _, _, zx = kernel._unpack(ux, src, normalize=True)
-  ud = jnp.broadcast_to(_bits(d), ux.shape)
-  _, ed, md, _, idd, _ = kernel._unpack(ud, _F32, normalize=True)
+  # The divisor unpacked at its own shape (one per block), not per element.
+  _, ed, md, _, idd, _ = kernel._unpack(_bits(d), _F32, normalize=True)
   ex = ex - src.bias  # exponents of the leading bits, significands to 24 bits
   mx = mx << np.uint32(MANTISSA_BITS - src.mantissa_bits)
   limit = ed - BIAS - 150

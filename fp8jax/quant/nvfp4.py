@@ -161,7 +161,7 @@ def quantize_blocks(x: jax.Array, spec: QuantSpec, key: jax.Array | None):
   axes, block = spec.grouping(x.ndim)
   lead = _leading(spec, x.ndim)
   view, inner = grouping.grouped(x, axes, grouping.blocks_for(x.shape, axes, block))
-  b = scales.abs_max_bits(view, inner, finite=False)
+  b = scales.abs_max_bits(view, inner, finite=False, blocks=True)
   if b.size:
     # The tensor's amax is the largest block amax (NaN's bits are the largest): no
     # second pass over x.

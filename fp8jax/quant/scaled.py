@@ -50,6 +50,14 @@ def _encode_divided(x: jax.Array, dst: layout.BitLayout, scale: jax.Array, round
   return table[lax.bitcast_convert_type(x, jnp.uint16)]
 
 
+def _last_block(nd: int, axes: tuple[int, ...], block: tuple[int, ...] | None) -> int | None:
+  """The block length along the last axis, where blocks split it (they lie within shards)."""
+  if block is None:
+    return None
+  lengths = {a % nd: b for a, b in zip(axes, block, strict=False)}
+  return lengths.get(nd - 1)
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "axis_name"))
 def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
   fmt, kind, dst = spec.format, spec.kind, spec.format.bit_layout
@@ -69,12 +77,12 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
     if kind == MX.kind:
       # Every rule but OCP's floor takes NaN and infinities into the amax, as torchao does.
       rule = spec.granularity.rule
-      amax = scales.abs_max_bits(view, inner, axis_name, finite=rule == "floor")
+      amax = scales.abs_max_bits(view, inner, axis_name, finite=rule == "floor", blocks=True)
       # Apart, or XLA redoes the per-block arithmetic for every element.
       scale_kd = grouping.apart(lambda a: scales.mx_scale_codes(a, fmt, rule), amax)
       divisor, pow2 = None, scales.mx_exponent(scale_kd, rule)
     else:
-      amax = scales.abs_max_bits(view, inner, axis_name)
+      amax = scales.abs_max_bits(view, inner, axis_name, blocks=block is not None)
       scale_kd = divisor = scales.dynamic_scale(amax, fmt, spec.pow2, spec.margin)
       pow2 = None
     if kind == Tensor.kind:
@@ -91,7 +99,7 @@ def _quantize(x, key, static_scale, *, spec: QuantSpec, axis_name):
   if spec.pack:
     bits = packing.pack_codes(bits)
   # Formats without NaN encode NaN as a zero: count them, so none vanish unseen.
-  nan_count = None if fmt.has_nan else scales.nan_count(x)
+  nan_count = None if fmt.has_nan else scales.nan_count(x, _last_block(x.ndim, axes, block))
   return bits, scale, nan_count, tensor_scale
 
 
