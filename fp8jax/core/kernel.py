@@ -221,21 +221,18 @@ def _scale_pow2(parts, src: BitLayout, e: jax.Array, normal: bool = False):
   in float32; 0 * inf is NaN.
   """
   sign, exp, mant, is_nan, is_inf, is_zero = parts
-  _, S = _word(mant)
-  if normal:  # no sentinels
-    new_exp = exp + jnp.asarray(e).astype(S)
-    too_big = new_exp - S(src.bias) >= S(_F32_OVERFLOW_EXPONENT)
-    return sign, new_exp, mant, is_nan, is_inf | (~(is_nan | is_inf | is_zero) & too_big), is_zero
-  zero_scale = e <= POW2_ZERO
-  nan_scale = e >= POW2_NAN
-  e = jnp.where(zero_scale | nan_scale, 0, e).astype(S)
-  new_exp = exp + e
+  U, S = _word(mant)
   finite = ~(is_nan | is_inf | is_zero)
+  if not normal:  # the sentinels
+    zero_scale, nan_scale = e <= POW2_ZERO, e >= POW2_NAN
+    e = jnp.where(zero_scale | nan_scale, 0, e)
+  new_exp = exp + jnp.asarray(e).astype(S)
+  too_big = finite & (new_exp - S(src.bias) >= S(_F32_OVERFLOW_EXPONENT))
+  if normal:
+    return sign, new_exp, mant, is_nan, is_inf | too_big, is_zero
   is_nan = is_nan | nan_scale | (is_inf & zero_scale)
-  too_big = new_exp - S(src.bias) >= S(_F32_OVERFLOW_EXPONENT)
-  is_inf = ~is_nan & (is_inf | (finite & ~zero_scale & too_big))
+  is_inf = ~is_nan & (is_inf | (~zero_scale & too_big))
   is_zero = ~is_nan & ~is_inf & (is_zero | zero_scale)
-  U, _ = _word(mant)
   mant = jnp.where(is_zero, U(0), mant)
   return sign, new_exp, mant, is_nan, is_inf, is_zero
 

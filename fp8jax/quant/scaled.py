@@ -113,8 +113,8 @@ def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
   if kind == NVFP4.kind:
     bits = nvfp4.decoded_codes(bits, spec)
     scale = nvfp4.block_multipliers(scale, tensor_scale, spec)
-  else:
-    q_scale, scale = scale, scales.scale_f32(scale, kind)
+  elif kind != MX.kind:  # MX codes stay e8m0: they decode as exponents (below)
+    scale = scales.scale_f32(scale, kind)
   if kind == Static.kind:
     return codec.decode_array(bits, src, dtype, scale=scale)
   if kind == Tensor.kind:
@@ -128,7 +128,7 @@ def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
   view, inner = grouping.grouped(bits, axes, grouping.blocks_for(bits.shape, axes, block))
   if kind == MX.kind:
     # A power of two: exponents move in 16-bit lanes (`scales.mx_exponent`).
-    e = grouping.keepdims(scales.e8m0_exponent(q_scale), view.shape, inner)
+    e = grouping.keepdims(scales.e8m0_exponent(scale), view.shape, inner)
     vals = codec.decode_array(view, src, dtype, pow2=e)
   else:
     vals = codec.decode_array(view, src, dtype,
