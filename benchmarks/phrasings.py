@@ -15,6 +15,11 @@ bfloat16 data (N(0, 1) * 100, rows of 1024) and checks that they agree:
   flags;
 - MX encode and dequantize: the exponent route of the kernel (`pow2`, 16-bit
   lanes) against the float32 division or product by the power of two;
+- the normalization of subnormal inputs in 16-bit lanes (`kernel._normalized`,
+  by the exponent of a float32 conversion) against a count of leading zeros,
+  in the MX encode;
+- a per-tensor encode by counting thresholds (`quant.thresholds`) against the
+  kernel's float32 division per element;
 - the per-block NVFP4 arithmetic kept apart from the per-element encode
   (`grouping.apart`) against the same code fused;
 - float32 to bfloat16 as one add on the bits against the kernel's general
@@ -44,7 +49,7 @@ import numpy as np
 from benchmarks import common
 from fp8jax.core import codec, kernel, layout
 from fp8jax.core.formats import FORMATS
-from fp8jax.quant import grouping, nvfp4, scales
+from fp8jax.quant import grouping, nvfp4, scales, thresholds
 
 _ROW = 1024
 _BF16 = layout.FLOAT_LAYOUTS[np.dtype(ml_dtypes.bfloat16)]
@@ -97,6 +102,39 @@ def _mx_decode(pow2_route: bool, rows: int):
       return codec.decode_array(v, src, bf16, pow2=e)
     multiplier = lax.bitcast_convert_type(((127 + e) << 23).astype(jnp.uint32), jnp.float32)
     return codec.decode_array(v, src, bf16, scale=multiplier)
+  return f
+
+
+def _clz_normalized(frac, m):
+  """The plain phrasing of `kernel._normalized`: a count of leading zeros in the lanes."""
+  word = jnp.dtype(frac.dtype)
+  shift = lax.clz(frac).astype(jnp.int32) + (m - (word.itemsize * 8 - 1))
+  return frac << shift.astype(word), shift.astype(jnp.dtype(f"int{word.itemsize * 8}"))
+
+
+def _mx_normalize(float_exponent: bool, rows: int):
+  route = _mx_encode(True, rows)
+
+  def f(x):
+    if float_exponent:
+      return route(x)
+    fast, kernel._normalized = kernel._normalized, _clz_normalized  # while tracing
+    try:
+      return route(x)
+    finally:
+      kernel._normalized = fast
+  return f
+
+
+def _per_tensor(count: bool):
+  dst = FORMATS["e4m3fn"].bit_layout
+  s = jnp.float32(0.37)
+
+  def f(x):
+    if count:
+      return thresholds.encode_divided(x, dst, s, rounding="nearest", overflow="saturate")
+    return codec.encode_array(x, dst, rounding="nearest", overflow="saturate", scale=s,
+                              divide=True)
   return f
 
 
@@ -169,6 +207,9 @@ def main() -> None:
   pairs["MX encode (exponent route)"] = (_mx_encode(False, rows), _mx_encode(True, rows), x)
   pairs["MX dequantize (exponent route)"] = (_mx_decode(False, rows), _mx_decode(True, rows),
                                              codes)
+  pairs["MX encode, subnormals normalized by float32 exponent"] = (
+      _mx_normalize(False, rows), _mx_normalize(True, rows), x)
+  pairs["per-tensor encode by thresholds"] = (_per_tensor(False), _per_tensor(True), x)
   pairs["NVFP4 block arithmetic apart"] = (_nvfp4(False, rows), _nvfp4(True, rows), x)
   pairs["dequantize to bf16 (f32 -> bf16 shortcut)"] = (
       _dequantize(False, rows), _dequantize(True, rows), codes)

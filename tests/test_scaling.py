@@ -311,13 +311,13 @@ def test_empty_arrays_quantize_to_empty_codes_and_unit_scales(kwargs, scale_shap
 @pytest.mark.parametrize("fmt", [F["e4m3fn"], F["e5m2"], F["e2m1fn"], F["e4m3fnuz"]],
                          ids=lambda f: f.name)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=dtype_id)
-def test_large_per_tensor_casts_through_the_code_table_match_the_kernel(dtype, fmt, overflow):
-  # Large 16-bit inputs with one scale are encoded through a table of all
-  # 65,536 codes; every bit pattern (NaNs, infinities, subnormals) must give
-  # the kernel's direct per-element division.
+def test_large_per_tensor_casts_by_thresholds_match_the_kernel(dtype, fmt, overflow):
+  # Large 16-bit inputs with one scale are encoded by counting thresholds;
+  # every bit pattern (NaNs, infinities, subnormals) must give the kernel's
+  # direct per-element division.
   patterns = np.arange(1 << 16, dtype=np.uint16)
   x = jnp.asarray(np.random.default_rng(0).permutation(np.tile(patterns, 4)).view(dtype))
-  assert x.size >= scaled._TABLE_MIN_SIZE
+  assert x.size >= scaled._THRESHOLDS_MIN_SIZE
   for q in (fp8jax.quantize(x, fmt, overflow=overflow),
             fp8jax.quantize(x, fmt, scaling=0.37, overflow=overflow)):
     want = codec.encode_array(x, fmt.bit_layout, rounding="nearest", overflow=overflow,

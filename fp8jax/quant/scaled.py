@@ -13,41 +13,35 @@ import functools
 from typing import Any
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
 
-from fp8jax.core import checks, codec, formats, kernel, layout, packing
-from fp8jax.quant import grouping, nvfp4, scales
+from fp8jax.core import checks, codec, formats, layout, packing
+from fp8jax.quant import grouping, nvfp4, scales, thresholds
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.spec import MX, NVFP4, Overflow, QuantSpec, Rounding, Static, Tensor
 
 # --- quantize / dequantize ---------------------------------------------------
 
-# From this many elements on, a 16-bit input divided by one scale is encoded
-# through a table of all 65,536 codes: 65,536 exact divisions and one gather
-# instead of a float32 division per element (XLA:CPU's vector division costs
-# more than the rest of the cast).
-_TABLE_MIN_SIZE = 1 << 18
+# From this many elements on, a 16-bit input divided by one scale is encoded by
+# counting thresholds (`thresholds`): computing them costs about 65,536 divisions,
+# and each element then costs 16-bit integer operations instead of a float32
+# division in 32-bit lanes.
+_THRESHOLDS_MIN_SIZE = 1 << 18
 
 
 def _encode_divided(x: jax.Array, dst: layout.BitLayout, scale: jax.Array, rounding: str,
                     overflow: str, key: jax.Array | None, normal: bool) -> jax.Array:
-  """`encode(x / scale)`, through a code table where that is exact and pays;
-  `normal`: the scale is a positive normal float (a dynamic one)."""
-  if (rounding == kernel.STOCHASTIC or np.dtype(x.dtype).itemsize != 2 or scale.size != 1
-      or x.size < _TABLE_MIN_SIZE or grouping.sharding_spec(x) is not None):
+  """`encode(x / scale)`, by thresholds where that is exact and pays; `normal`:
+  the scale is a positive normal float (a dynamic one)."""
+  src = layout.FLOAT_LAYOUTS[np.dtype(x.dtype)]
+  if (scale.size != 1 or x.size < _THRESHOLDS_MIN_SIZE
+      or not thresholds.supported(src, dst, rounding)):
     return codec.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
                               scale=scale, divide=True, normal_scale=normal)
-  def build(s):
-    every = lax.bitcast_convert_type(lax.iota(jnp.uint16, 1 << 16), x.dtype)
-    return codec.encode_array(every, dst, rounding=rounding, overflow=overflow, scale=s,
-                              divide=True, normal_scale=normal)
-
-  # Apart, or XLA fuses the table into the gather and redoes it per element.
-  table = grouping.apart(build, scale.reshape(()))
-  return table[lax.bitcast_convert_type(x, jnp.uint16)]
+  return thresholds.encode_divided(x, dst, scale, rounding=rounding, overflow=overflow,
+                                   normal=normal)
 
 
 def _last_block(nd: int, axes: tuple[int, ...], block: tuple[int, ...] | None) -> int | None:
