@@ -77,3 +77,4 @@ def test_supported_only_where_counting_is_exact():
   assert not thresholds.supported(f32, F["e4m3fn"].bit_layout, "nearest")
   assert not thresholds.supported(bf16, F["e4m3fn"].bit_layout, "stochastic")
   assert not thresholds.supported(bf16, F["e8m0fnu"].bit_layout, "nearest")
+

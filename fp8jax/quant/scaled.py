@@ -25,9 +25,9 @@ from fp8jax.quant.spec import MX, NVFP4, Overflow, QuantSpec, Rounding, Static, 
 # --- quantize / dequantize ---------------------------------------------------
 
 # From this many elements on, a 16-bit input divided by one scale is encoded by
-# counting thresholds (`thresholds`): computing them costs about 65,536 divisions,
-# and each element then costs 16-bit integer operations instead of a float32
-# division in 32-bit lanes.
+# counting thresholds (`thresholds`): finding them costs a few hundred divisions
+# in a loop, and each element then costs 16-bit integer operations instead of a
+# float32 division in 32-bit lanes.
 _THRESHOLDS_MIN_SIZE = 1 << 18
 
 

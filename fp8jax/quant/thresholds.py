@@ -4,7 +4,8 @@ For one positive normal float32 scale s, the code of x / s (the quotient
 rounded to float32's 24 bits, then onto the target's grid, as
 `kernel.convert` defines it) is a non-decreasing function of the bit pattern
 A = |x| of a 16-bit input. So each code is a count of thresholds at or below
-A, and the thresholds need computing once per scale, by the kernel itself:
+A, and the thresholds need finding once per scale, by binary searches with
+the kernel itself (about 225 of its codes for a bfloat16 input):
 
 - below the target's smallest normal value the grid is uniform: the codes
   0..2^m (m the target's mantissa bits) are the count of T_1..T_2^m, the
@@ -50,32 +51,52 @@ def _wide(dst: BitLayout) -> BitLayout:
   return BitLayout(9, dst.mantissa_bits, 255, layout.IEEE)
 
 
-def _count_below(values: jax.Array, limits: jax.Array) -> jax.Array:
-  """For each limit, how many of the non-decreasing `values` are below it."""
-  return jnp.sum(values[None, :] < limits[:, None], axis=1, dtype=jnp.int32)
+def _first(ok, hi: int, shape) -> jax.Array:
+  """The smallest integer a in [0, hi] with ok(a) (hi if none), per element of
+  `shape`, for ok non-decreasing in a: a binary search, vectorized."""
+  def step(_, bounds):
+    lo, top = bounds
+    mid = (lo + top) >> 1
+    good = ok(mid)
+    return jnp.where(good, lo, mid + 1), jnp.where(good, mid, top)
+
+  # A loop rather than unrolled: each step is a whole kernel, and compiling
+  # dozens of them would cost seconds.
+  bounds = (jnp.zeros(shape, jnp.int32), jnp.full(shape, hi, jnp.int32))
+  return lax.fori_loop(0, hi.bit_length(), step, bounds)[0]
 
 
 def _plan(s: jax.Array, src: BitLayout, dst: BitLayout, rounding: str, overflow: str):
-  """The thresholds for scale `s`, by the kernel on every non-negative pattern."""
+  """The thresholds for each scale in `s` (any shape), found by the kernel itself.
+
+  Each threshold is a binary search over the input patterns: about
+  16 (2^m + 2) + 8 (2^m) + 1 codes per scale for bfloat16, against every
+  element's division.
+  """
   m, big = dst.mantissa_bits, src.mantissa_bits
   steps = 1 << m
-  patterns = lax.iota(_u32, src.inf_magnitude + 1)  # zero up to infinity
-  def codes(to: BitLayout, policy: str) -> jax.Array:
-    return kernel.convert(patterns, src, to, rounding=rounding, overflow=policy, scale=s,
-                          divide=True).astype(jnp.int32)
-
-  low = _count_below(codes(dst, overflow), jnp.arange(1, steps + 2, dtype=jnp.int32))
   wide = _wide(dst)
-  wide_codes = codes(wide, kernel.IEEE)
-  first_inf = _count_below(wide_codes, jnp.array([wide.inf_magnitude], jnp.int32))[0]
+  s = jnp.asarray(s, jnp.float32)
+  per = s[..., None]
+
+  def codes(a: jax.Array, to: BitLayout, policy: str) -> jax.Array:
+    return kernel.convert(a.astype(_u32), src, to, rounding=rounding, overflow=policy,
+                          scale=per, divide=True).astype(jnp.int32)
+
+  patterns = src.inf_magnitude + 1  # zero up to infinity; this many means "never"
+  ks = jnp.arange(1, steps + 2, dtype=jnp.int32)
+  low = _first(lambda a: codes(a, dst, overflow) >= ks, patterns, s.shape + (steps + 1,))
+  first_inf = _first(lambda a: codes(a, wide, kernel.IEEE) >= wide.inf_magnitude, patterns,
+                     s.shape + (1,))[..., 0]
   # The reference binade: the one of x whose quotient by s lies in [1/2, 2).
   s_exp = (lax.bitcast_convert_type(s, _u32) >> 23).astype(jnp.int32)
   top_field = (src.inf_magnitude >> big) - 1
-  ex0 = jnp.clip(s_exp - layout.FLOAT32.bias + src.bias, 1, top_field)
-  row = lax.dynamic_slice(wide_codes, (ex0 << big,), (1 << big,))
-  fraction = _count_below(row, row[0] + jnp.arange(1, steps + 1, dtype=jnp.int32))
-  base = row[0] - ((ex0 + wide.bias - dst.bias) << m)
-  usable = (s_exp >= 1) & (s_exp <= 254) & (s > 0) & (low[steps] >= (1 << big))
+  start = (jnp.clip(s_exp - layout.FLOAT32.bias + src.bias, 1, top_field) << big)[..., None]
+  row0 = codes(start, wide, kernel.IEEE)
+  fraction = _first(lambda f: codes(start + f, wide, kernel.IEEE) >= row0 + ks[:steps],
+                    1 << big, s.shape + (steps,))
+  base = row0[..., 0] - (((start[..., 0] >> big) + wide.bias - dst.bias) << m)
+  usable = (s_exp >= 1) & (s_exp <= 254) & (s > 0) & (low[..., steps] >= (1 << big))
   return (low.astype(_u16), fraction.astype(_u16), base.astype(_u16),
           first_inf.astype(_u16), usable)
 
@@ -99,16 +120,19 @@ def _tree_count(v: jax.Array, limits: list[jax.Array]) -> jax.Array:
 
 def _count(x: jax.Array, plan, src: BitLayout, dst: BitLayout, rounding: str,
            overflow: str) -> jax.Array:
+  """The codes of x by the thresholds of `plan`, whose regular count no
+  subnormal input reaches (`usable`)."""
   low, fraction, base, first_inf, _ = plan
   m, big = dst.mantissa_bits, src.mantissa_bits
   steps = 1 << m
   bits = lax.bitcast_convert_type(x, _u16)
   mag = bits & _u16(src.magnitude_mask)
+  exp, frac = mag >> big, mag & _u16((1 << big) - 1)
   # One search: on the whole pattern below T_(2^m + 1), else on the fraction.
-  regular = mag >= low[steps]
-  v = jnp.where(regular, mag & _u16((1 << big) - 1), mag)
-  limits = [jnp.where(regular, fraction[k], low[k]) for k in range(steps)]
-  start = jnp.where(regular, base + ((mag >> big) << m), _u16(0))
+  regular = mag >= low[..., steps]
+  v = jnp.where(regular, frac, mag)
+  limits = [jnp.where(regular, fraction[..., k], low[..., k]) for k in range(steps)]
+  start = jnp.where(regular, base + (exp << m), _u16(0))
   code = start + _tree_count(v, limits)
   is_nan = mag > _u16(src.inf_magnitude)
   parts = (bits >> _u16(15), None, None, is_nan, ~is_nan & (mag >= first_inf), mag == 0)
@@ -143,3 +167,4 @@ def encode_divided(x: jax.Array, dst: BitLayout, scale: jax.Array, *, rounding: 
                               divide=True, normal_scale=normal)
 
   return lax.cond(plan[-1], counted, divided, x, plan, s)
+
