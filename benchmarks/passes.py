@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 
 import fp8jax  # noqa: E402
 
-_KERNEL = re.compile(r"^\s*(?:ROOT )?%\S+ = (\S+?)\[([\d,]*)\]\S* (fusion|custom-call|copy|"
-                     r"reduce|reduce-window|sort|all-reduce)\((.*?)\)")
+_KERNEL = re.compile(r"^\s*(?:ROOT )?%\S+ = \(?(\S+?)\[([\d,]*)\]\S* (fusion|custom-call|copy|"
+                     r"reduce|reduce-window|sort|all-reduce|conditional)\((.*?)\)")
 _BYTES = {"u8": 1, "s8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "u16": 2, "s16": 2, "bf16": 2,
           "f16": 2, "u32": 4, "s32": 4, "f32": 4, "pred": 1}
 
