@@ -18,7 +18,7 @@ from jax.typing import ArrayLike
 import numpy as np
 
 from fp8jax.core import checks, codec, formats, layout, packing
-from fp8jax.quant import grouping, nvfp4, scales, thresholds
+from fp8jax.quant import grouping, nvfp4, scales, significands, thresholds
 from fp8jax.quant.qarray import QArray
 from fp8jax.quant.spec import MX, NVFP4, Overflow, QuantSpec, Rounding, Static, Tensor
 
@@ -112,6 +112,9 @@ def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
   if kind == Static.kind:
     return codec.decode_array(bits, src, dtype, scale=scale)
   if kind == Tensor.kind:
+    if (scale.size == 1 and bits.size >= _THRESHOLDS_MIN_SIZE
+        and significands.supported(src, dtype)):
+      return significands.decode_scaled(bits, src, dtype, scale)
     # A per-tensor scale may carry leading batch axes from vmap.
     scale = scale.reshape(scale.shape + (1,) * (bits.ndim - scale.ndim))
     return codec.decode_array(bits, src, dtype, scale=scale)
