@@ -317,7 +317,7 @@ def test_large_per_tensor_casts_by_thresholds_match_the_kernel(dtype, fmt, overf
   # direct per-element division.
   patterns = np.arange(1 << 16, dtype=np.uint16)
   x = jnp.asarray(np.random.default_rng(0).permutation(np.tile(patterns, 4)).view(dtype))
-  assert x.size >= scaled._THRESHOLDS_MIN_SIZE
+  assert x.size >= scaled._ONE_SCALE_MIN_SIZE
   for q in (fp8jax.quantize(x, fmt, overflow=overflow),
             fp8jax.quantize(x, fmt, scaling=0.37, overflow=overflow)):
     want = codec.encode_array(x, fmt.bit_layout, rounding="nearest", overflow=overflow,

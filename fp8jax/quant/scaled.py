@@ -24,11 +24,12 @@ from fp8jax.quant.spec import MX, NVFP4, Overflow, QuantSpec, Rounding, Static, 
 
 # --- quantize / dequantize ---------------------------------------------------
 
-# From this many elements on, a 16-bit input divided by one scale is encoded by
-# counting thresholds (`thresholds`): finding them costs a few hundred divisions
-# in a loop, and each element then costs 16-bit integer operations instead of a
-# float32 division in 32-bit lanes.
-_THRESHOLDS_MIN_SIZE = 1 << 18
+# From this many elements on, one scale pays for its preparation: a 16-bit input
+# divided by it is encoded by counting thresholds (`thresholds`, a few hundred
+# divisions to find them), and codes multiplied by it are decoded by selecting
+# significands (`significands`, a kernel run over every code); each element then
+# costs 16-bit integer operations instead of float32 arithmetic in 32-bit lanes.
+_ONE_SCALE_MIN_SIZE = 1 << 18
 
 
 def _encode_divided(x: jax.Array, dst: layout.BitLayout, scale: jax.Array, rounding: str,
@@ -36,7 +37,7 @@ def _encode_divided(x: jax.Array, dst: layout.BitLayout, scale: jax.Array, round
   """`encode(x / scale)`, by thresholds where that is exact and pays; `normal`:
   the scale is a positive normal float (a dynamic one)."""
   src = layout.FLOAT_LAYOUTS[np.dtype(x.dtype)]
-  if (scale.size != 1 or x.size < _THRESHOLDS_MIN_SIZE
+  if (scale.size != 1 or x.size < _ONE_SCALE_MIN_SIZE
       or not thresholds.supported(src, dst, rounding)):
     return codec.encode_array(x, dst, rounding=rounding, overflow=overflow, key=key,
                               scale=scale, divide=True, normal_scale=normal)
@@ -112,7 +113,7 @@ def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
   if kind == Static.kind:
     return codec.decode_array(bits, src, dtype, scale=scale)
   if kind == Tensor.kind:
-    if (scale.size == 1 and bits.size >= _THRESHOLDS_MIN_SIZE
+    if (scale.size == 1 and bits.size >= _ONE_SCALE_MIN_SIZE
         and significands.supported(src, dtype)):
       return significands.decode_scaled(bits, src, dtype, scale)
     # A per-tensor scale may carry leading batch axes from vmap.

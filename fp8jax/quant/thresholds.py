@@ -37,6 +37,9 @@ from fp8jax.quant import grouping
 
 _u16 = jnp.uint16
 _u32 = jnp.uint32
+# The bits of float32's smallest normal value (2^-126) and of its infinity.
+_F32_TINY_BITS = 1 << layout.FLOAT32.mantissa_bits
+_F32_INF_BITS = layout.FLOAT32.inf_magnitude
 
 
 def supported(src: BitLayout, dst: BitLayout, rounding: str) -> bool:
@@ -52,8 +55,9 @@ def _wide(dst: BitLayout) -> BitLayout:
 
 
 def _first(ok, hi: int, shape) -> jax.Array:
-  """The smallest integer a in [0, hi] with ok(a) (hi if none), per element of
-  `shape`, for ok non-decreasing in a: a binary search, vectorized."""
+  """The smallest integer a in [0, hi] with ok(a) (hi if none), for each element
+  of an array of `shape` that ok returns, ok non-decreasing in a: a binary
+  search, vectorized."""
   def step(_, bounds):
     lo, top = bounds
     mid = (lo + top) >> 1
@@ -67,36 +71,37 @@ def _first(ok, hi: int, shape) -> jax.Array:
 
 
 def _plan(s: jax.Array, src: BitLayout, dst: BitLayout, rounding: str, overflow: str):
-  """The thresholds for each scale in `s` (any shape), found by the kernel itself.
+  """The thresholds for the scalar scale `s`, found by the kernel itself.
 
   Each threshold is a binary search over the input patterns: about
-  16 (2^m + 2) + 8 (2^m) + 1 codes per scale for bfloat16, against every
-  element's division.
+  16 (2^m + 2) + 8 (2^m) + 1 codes for bfloat16, against every element's
+  division.
   """
   m, big = dst.mantissa_bits, src.mantissa_bits
   steps = 1 << m
   wide = _wide(dst)
-  s = jnp.asarray(s, jnp.float32)
-  per = s[..., None]
 
   def codes(a: jax.Array, to: BitLayout, policy: str) -> jax.Array:
     return kernel.convert(a.astype(_u32), src, to, rounding=rounding, overflow=policy,
-                          scale=per, divide=True).astype(jnp.int32)
+                          scale=s, divide=True).astype(jnp.int32)
 
   patterns = src.inf_magnitude + 1  # zero up to infinity; this many means "never"
   ks = jnp.arange(1, steps + 2, dtype=jnp.int32)
-  low = _first(lambda a: codes(a, dst, overflow) >= ks, patterns, s.shape + (steps + 1,))
+  low = _first(lambda a: codes(a, dst, overflow) >= ks, patterns, (steps + 1,))
   first_inf = _first(lambda a: codes(a, wide, kernel.IEEE) >= wide.inf_magnitude, patterns,
-                     s.shape + (1,))[..., 0]
+                     ())
   # The reference binade: the one of x whose quotient by s lies in [1/2, 2).
-  s_exp = (lax.bitcast_convert_type(s, _u32) >> 23).astype(jnp.int32)
+  s_bits = lax.bitcast_convert_type(s, _u32)
+  s_exp = (s_bits >> layout.FLOAT32.mantissa_bits).astype(jnp.int32)
   top_field = (src.inf_magnitude >> big) - 1
-  start = (jnp.clip(s_exp - layout.FLOAT32.bias + src.bias, 1, top_field) << big)[..., None]
+  start = jnp.clip(s_exp - layout.FLOAT32.bias + src.bias, 1, top_field) << big
   row0 = codes(start, wide, kernel.IEEE)
   fraction = _first(lambda f: codes(start + f, wide, kernel.IEEE) >= row0 + ks[:steps],
-                    1 << big, s.shape + (steps,))
-  base = row0[..., 0] - (((start[..., 0] >> big) + wide.bias - dst.bias) << m)
-  usable = (s_exp >= 1) & (s_exp <= 254) & (s > 0) & (low[..., steps] >= (1 << big))
+                    1 << big, (steps,))
+  base = row0 - (((start >> big) + wide.bias - dst.bias) << m)
+  # A positive normal scale: its bits (sign clear) from 2^-126's up to infinity's.
+  normal = (s_bits >= _u32(_F32_TINY_BITS)) & (s_bits < _u32(_F32_INF_BITS))
+  usable = normal & (low[steps] >= (1 << big))
   return (low.astype(_u16), fraction.astype(_u16), base.astype(_u16),
           first_inf.astype(_u16), usable)
 
@@ -129,9 +134,9 @@ def _count(x: jax.Array, plan, src: BitLayout, dst: BitLayout, rounding: str,
   mag = bits & _u16(src.magnitude_mask)
   exp, frac = mag >> big, mag & _u16((1 << big) - 1)
   # One search: on the whole pattern below T_(2^m + 1), else on the fraction.
-  regular = mag >= low[..., steps]
+  regular = mag >= low[steps]
   v = jnp.where(regular, frac, mag)
-  limits = [jnp.where(regular, fraction[..., k], low[..., k]) for k in range(steps)]
+  limits = [jnp.where(regular, fraction[k], low[k]) for k in range(steps)]
   start = jnp.where(regular, base + (exp << m), _u16(0))
   code = start + _tree_count(v, limits)
   is_nan = mag > _u16(src.inf_magnitude)
