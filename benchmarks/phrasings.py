@@ -13,8 +13,8 @@ bfloat16 data (N(0, 1) * 100, rows of 1024) and checks that they agree:
 - the NaN count of a format without NaN, blocks of 32 along the last axis:
   `scales.nan_count` (chunks of 32 in 16-bit lanes) against a sum of int32
   flags;
-- MX encode and dequantize: the exponent route of the kernel (`pow2`, 16-bit
-  lanes) against the float32 division or product by the power of two;
+- MX encode: the exponent route of the kernel (`pow2`, 16-bit lanes) against
+  the float32 division by the power of two;
 - the normalization of subnormal inputs in 16-bit lanes (`kernel._normalized`,
   by the exponent of a float32 conversion) against a count of leading zeros,
   in the MX encode;
@@ -22,8 +22,10 @@ bfloat16 data (N(0, 1) * 100, rows of 1024) and checks that they agree:
   kernel's float32 division per element;
 - the per-block NVFP4 arithmetic kept apart from the per-element encode
   (`grouping.apart`) against the same code fused;
-- float32 to bfloat16 as one add on the bits against the kernel's general
-  route (dequantize to bfloat16 of per-row scaled codes).
+- dequantize to bfloat16 by one float32 multiplication per element
+  (`kernel._scaled_decode`) against the kernel's integer product, for per-row
+  scales and for MX's powers of two (where the integer route is the exponent
+  route).
 
 A pair whose result is as large as its input writes into a donated buffer
 (the suite's reused mode), so that page faults do not hide the difference;
@@ -91,14 +93,14 @@ def _mx_encode(pow2_route: bool, rows: int):
   return f
 
 
-def _mx_decode(pow2_route: bool, rows: int):
+def _mx_decode(product: bool, rows: int):
   src = FORMATS["e4m3fn"].bit_layout
   e = (jnp.arange(rows * _ROW // 32, dtype=jnp.int32) % 16 - 8).reshape(rows, _ROW // 32, 1)
 
   def f(codes):
     v = codes.reshape(rows, _ROW // 32, 32)
     bf16 = np.dtype(ml_dtypes.bfloat16)
-    if pow2_route:
+    if not product:
       return codec.decode_array(v, src, bf16, pow2=e)
     multiplier = lax.bitcast_convert_type(((127 + e) << 23).astype(jnp.uint32), jnp.float32)
     return codec.decode_array(v, src, bf16, scale=multiplier)
@@ -152,20 +154,20 @@ def _nvfp4(apart: bool, rows: int):
   return f
 
 
-def _dequantize(shortcut: bool, rows: int):
+def _dequantize(product: bool, rows: int):
   src = FORMATS["e4m3fn"].bit_layout
   s = (jnp.arange(rows, dtype=jnp.float32) / rows + 0.5).reshape(rows, 1)
 
   def f(codes):
-    c = codes.astype(jnp.uint32)
-    if shortcut:
+    if product:
       return codec.decode_array(codes, src, np.dtype(ml_dtypes.bfloat16), scale=s)
-    # The general route of the kernel: float32 first, then its generic rounding.
-    wide = kernel.convert(c, src, layout.FLOAT32, rounding="nearest", overflow="ieee", scale=s)
-    parts = kernel._unpack(wide, layout.FLOAT32, False)
-    return lax.bitcast_convert_type(kernel._round_pack(
-        parts, layout.FLOAT32.bias, layout.FLOAT32.mantissa_bits, _BF16, "nearest", "ieee",
-        None, False).astype(jnp.uint16), jnp.bfloat16)
+    # The kernel's integer route: normalized significands multiplied as integers,
+    # rounded to float32, then to bfloat16.
+    parts = kernel._unpack(codes.astype(jnp.uint32), src, True)
+    parts, m = kernel._scale(parts, src, s, False)
+    wide = kernel._round_pack(parts, src.bias, m, layout.FLOAT32, "nearest", "ieee", None, True)
+    return lax.bitcast_convert_type(kernel._float32_to_bfloat16(wide).astype(jnp.uint16),
+                                    jnp.bfloat16)
   return f
 
 
@@ -205,13 +207,13 @@ def main() -> None:
   pairs["block max, 128x128 tiles"] = (_plain_max((1, 3)), _fast_max((1, 3)), tiles)
   pairs["NaN count, blocks of 32"] = (_plain_nan_count, lambda a: scales.nan_count(a, 32), x)
   pairs["MX encode (exponent route)"] = (_mx_encode(False, rows), _mx_encode(True, rows), x)
-  pairs["MX dequantize (exponent route)"] = (_mx_decode(False, rows), _mx_decode(True, rows),
-                                             codes)
+  pairs["MX dequantize (float32 product)"] = (_mx_decode(False, rows), _mx_decode(True, rows),
+                                              codes)
   pairs["MX encode, subnormals normalized by float32 exponent"] = (
       _mx_normalize(False, rows), _mx_normalize(True, rows), x)
   pairs["per-tensor encode by thresholds"] = (_per_tensor(False), _per_tensor(True), x)
   pairs["NVFP4 block arithmetic apart"] = (_nvfp4(False, rows), _nvfp4(True, rows), x)
-  pairs["dequantize to bf16 (f32 -> bf16 shortcut)"] = (
+  pairs["dequantize per row (float32 product)"] = (
       _dequantize(False, rows), _dequantize(True, rows), codes)
 
   report = {"elements": args.elements, **common.versions("jax"),

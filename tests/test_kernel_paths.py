@@ -3,7 +3,10 @@
 `kernel.convert(..., pow2=e)` (MX blocks) moves exponents in the input's
 lanes; its reference is the same kernel's float32 route, dividing by 2^-e,
 whose exactness the scaling tests establish against the definition. Float32
-to bfloat16 is one add on the bits; its reference is ml_dtypes.
+to bfloat16 is one add on the bits; its reference is ml_dtypes. Codes times a
+float32 scale (dequantize) multiply in float32 hardware; the references are
+NumPy's exact float64 product cast to float32 (gradual underflow) and then to
+the target (ml_dtypes, NumPy), and the kernel's integer product.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ TARGETS = ("e4m3fn", "e5m2", "e2m3fn", "e3m2fn", "e2m1fn")
 # The ends of an MX divisor's range (2^-127 .. 2^127), 2^-126, and between;
 # then the sentinels for an infinite and a NaN divisor.
 EXPONENTS = (-127, -126, -100, -9, -1, 0, 1, 6, 64, 126, 127, kernel.POW2_ZERO, kernel.POW2_NAN)
-
-
 
 
 def _encode(x, fmt, e, rounding, key=None):
@@ -100,3 +101,61 @@ def test_float32_to_bfloat16_is_ml_dtypes_rounding():
   np.testing.assert_array_equal(got[~nan], want[~nan])
   # NaN: the canonical quiet NaN of its sign, as the general route writes it.
   np.testing.assert_array_equal(got[nan], np.where(bits[nan] >> 31, 0xFFC0, 0x7FC0))
+
+
+def _scales() -> np.ndarray:
+  """Float32 scales over the whole range: the specials, float32's subnormals,
+  both sides of the lift at 2^-64 and of 2^-126, and random ones of every
+  exponent and sign."""
+  rng = np.random.default_rng(3)
+  special = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1.0, -1.0, 448.0 / 3, 2.0**-149,
+             3 * 2.0**-149, 2.0**-127, -(2.0**-127) * 1.5, 2.0**-126, 2.0**-117, 2.0**-65,
+             np.nextafter(np.float32(2.0**-64), np.float32(0)), 2.0**-64, 2.0**-63, 2.0**100,
+             2.0**127, np.finfo(np.float32).max, -np.finfo(np.float32).max]
+  bits = rng.integers(0, 2**32, 4000, dtype=np.uint64).astype(np.uint32)
+  tiny = rng.integers(1, 1 << 23, 500, dtype=np.uint32) | (rng.integers(0, 2, 500, dtype=np.uint32) << 31)
+  return np.concatenate([np.array(special, np.float32), bits.view(np.float32), tiny.view(np.float32)])
+
+
+def _product(src: layout.BitLayout, scales: np.ndarray, dtype) -> np.ndarray:
+  """decode(code) * scale by the definition: the float64 product is exact
+  (at most 7 by 24 significant bits), cast to float32 with gradual underflow,
+  then to dtype; NaN as the kernel writes it (canonical, the input's sign for
+  a NaN code, else the sign of the product)."""
+  codes = np.arange(1 << src.bits)
+  values = np.array([src.value(int(c)) for c in codes])
+  negative = (codes >> (src.bits - 1)) & 1 if src.signed else np.zeros_like(codes)
+  with np.errstate(invalid="ignore", over="ignore"):
+    prod = (values[:, None] * scales.astype(np.float64)[None, :]).astype(np.float32)
+  out = prod.astype(dtype)
+  width = np.dtype(dtype).itemsize * 8
+  word = np.dtype(f"uint{width}")
+  bits = out.view(word).copy()
+  nan_input = np.isnan(values)[:, None]
+  sign = np.where(nan_input, negative[:, None], negative[:, None] ^ np.signbit(scales)[None, :])
+  quiet = layout.FLOAT_LAYOUTS[np.dtype(dtype)].nan_code
+  canonical = (sign.astype(np.uint64) << (width - 1)) | quiet
+  return np.where(np.isnan(prod), canonical.astype(word), bits)
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "e8m0fnu"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32],
+                         ids=["bf16", "f16", "f32"])
+def test_scaled_decode_is_the_float32_product(fmt, dtype, monkeypatch):
+  src = FORMATS[fmt].bit_layout
+  dst = layout.FLOAT_LAYOUTS[np.dtype(dtype)]
+  assert kernel.hardware_product(src, dst, "nearest", "ieee")
+  scales = _scales()
+  codes = jnp.arange(1 << src.bits, dtype=jnp.uint32)[:, None]
+
+  def run():
+    return np.asarray(jax.jit(lambda c, s: kernel.convert(
+        c, src, dst, rounding="nearest", overflow="ieee", scale=s))(codes, jnp.asarray(scales)))
+
+  fast = run()
+  want = _product(src, scales, np.dtype(dtype))
+  bad = np.argwhere(fast != want)
+  assert bad.size == 0, [(int(c), float(scales[s]), hex(int(fast[c, s])), hex(int(want[c, s])))
+                         for c, s in bad[:5]]
+  monkeypatch.setattr(kernel, "hardware_product", lambda *a: False)
+  np.testing.assert_array_equal(run(), fast)

@@ -108,7 +108,7 @@ def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
   if kind == NVFP4.kind:
     bits = nvfp4.decoded_codes(bits, spec)
     scale = nvfp4.block_multipliers(scale, tensor_scale, spec)
-  elif kind != MX.kind:  # MX codes stay e8m0: they decode as exponents (below)
+  else:
     scale = scales.scale_f32(scale, kind)
   if kind == Static.kind:
     return codec.decode_array(bits, src, dtype, scale=scale)
@@ -124,13 +124,7 @@ def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
     # The scales already broadcast against the codes: no grouped view.
     return codec.decode_array(bits, src, dtype, scale=scale)
   view, inner = grouping.grouped(bits, axes, grouping.blocks_for(bits.shape, axes, block))
-  if kind == MX.kind:
-    # A power of two: exponents move in 16-bit lanes (`scales.mx_exponent`).
-    e = grouping.keepdims(scales.e8m0_exponent(scale), view.shape, inner)
-    vals = codec.decode_array(view, src, dtype, pow2=e)
-  else:
-    vals = codec.decode_array(view, src, dtype,
-                              scale=grouping.keepdims(scale, view.shape, inner))
+  vals = codec.decode_array(view, src, dtype, scale=grouping.keepdims(scale, view.shape, inner))
   return grouping.ungrouped(vals, bits.shape, axes)
 
 

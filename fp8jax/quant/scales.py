@@ -172,14 +172,6 @@ def dynamic_scale(amax: jax.Array, fmt: Format, pow2: bool, margin: int) -> jax.
   return jnp.where(f32.is_positive(amax), scale, jnp.float32(1))
 
 
-
-
-
-
-
-
-
-
 def mx_scale_codes(amax: jax.Array, fmt: Format, rule: str = "floor") -> jax.Array:
   """MX shared exponents as e8m0fnu codes, by `rule` (the module's table).
 
@@ -233,13 +225,6 @@ def mx_exponent(codes: jax.Array, rule: str) -> jax.Array:
     return jnp.where(codes == 255, kernel.POW2_NAN, e)
   e = jnp.where(codes == 0, f32.BIAS - 1, e)
   return jnp.where(codes == 255, kernel.POW2_ZERO, e)
-
-
-def e8m0_exponent(codes: jax.Array) -> jax.Array:
-  """e8m0fnu codes as the exponents of the powers of two they stand for
-  (int32; `kernel.POW2_NAN` for the NaN code 255)."""
-  e = codes.astype(jnp.int32) - f32.BIAS
-  return jnp.where(codes == 255, kernel.POW2_NAN, e)
 
 
 def amax(x: ArrayLike, axis_name: Any = None) -> jax.Array:
