@@ -9,12 +9,14 @@ reshapes say where the shards go.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import math
 
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from fp8jax.core.fusion import apart
 
 
 def blocks_for(shape: Sequence[int], axes: tuple[int, ...], block: tuple[int, ...] | None):
@@ -137,17 +139,6 @@ def ungrouped(v: jax.Array, shape: Sequence[int], axes: tuple[int, ...]) -> jax.
     return v
 
   return apart(merge, v) if v.size else merge(v)
-
-
-def apart(f: Callable[[jax.Array], jax.Array], v: jax.Array) -> jax.Array:
-  """`f(v)`, computed where XLA cannot fuse it with the computation of `v`.
-
-  Both branches of the conditional are `f`, so the result is `f(v)` either
-  way; the predicate passes through an optimization barrier so that XLA
-  cannot fold the conditional (a fusion boundary) away.
-  """
-  one = lax.optimization_barrier(jnp.float32(1))
-  return lax.cond(one == one, f, f, v)
 
 
 def keepdims(grid: jax.Array, view_shape: Sequence[int], inner: tuple[int, ...]) -> jax.Array:

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from fp8jax.core import codec, f32
+from fp8jax.core import codec, f32, fusion
 from fp8jax.core.formats import FORMATS
 from fp8jax.quant import grouping, scales
 from fp8jax.quant.spec import NVFP4, QuantSpec
@@ -75,7 +75,7 @@ def _e4m3(v: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Non-negative float32 to e4m3fn (nearest even, saturating): codes and their values."""
   # The codes apart: every later use (the scale, the element scale, the output) would
   # otherwise redo the arithmetic that led to them.
-  codes = grouping.apart(
+  codes = fusion.apart(
       lambda v: codec.encode_array(v, _E4M3, rounding="nearest", overflow="satfinite"), v)
   return codes, codec.decode_array(codes, _E4M3, np.dtype(np.float32))
 
@@ -171,7 +171,7 @@ def quantize_blocks(x: jax.Array, spec: QuantSpec, key: jax.Array | None):
   a = a.reshape(x.shape[:lead] + (1,) * (b.ndim - lead))
   # Apart from the encode, or XLA fuses the per-block arithmetic into it and redoes
   # it for every element (ten times slower).
-  result = grouping.apart(lambda ba: _RULES[g.rule](*ba, np.dtype(x.dtype)), (b, a))
+  result = fusion.apart(lambda ba: _RULES[g.rule](*ba, np.dtype(x.dtype)), (b, a))
   codes = codec.encode_array(view, spec.format.bit_layout, rounding=spec.rounding,
                              overflow=spec.overflow, key=key, scale=result.element_scale,
                              divide=g.rule in _DIVIDING)

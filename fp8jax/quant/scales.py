@@ -227,6 +227,13 @@ def mx_exponent(codes: jax.Array, rule: str) -> jax.Array:
   return jnp.where(codes == 255, kernel.POW2_ZERO, e)
 
 
+def e8m0_exponent(codes: jax.Array) -> jax.Array:
+  """e8m0fnu codes as the exponents of the powers of two they stand for
+  (int32; `kernel.POW2_NAN` for the NaN code 255)."""
+  e = codes.astype(jnp.int32) - f32.BIAS
+  return jnp.where(codes == 255, kernel.POW2_NAN, e)
+
+
 def amax(x: ArrayLike, axis_name: Any = None) -> jax.Array:
   """The largest finite |x| as a float32 scalar (0 if there is none).
 

@@ -31,9 +31,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from fp8jax.core import codec, kernel, layout
+from fp8jax.core import codec, fusion, kernel, layout
 from fp8jax.core.layout import BitLayout
-from fp8jax.quant import grouping
 
 _u16 = jnp.uint16
 _u32 = jnp.uint32
@@ -162,7 +161,7 @@ def encode_divided(x: jax.Array, dst: BitLayout, scale: jax.Array, *, rounding: 
   src = layout.FLOAT_LAYOUTS[jnp.dtype(x.dtype)]
   s = jnp.asarray(scale, jnp.float32).reshape(())
   # Apart, or XLA redoes the thresholds' arithmetic for every element.
-  plan = grouping.apart(lambda v: _plan(v, src, dst, rounding, overflow), s)
+  plan = fusion.apart(lambda v: _plan(v, src, dst, rounding, overflow), s)
 
   def counted(x, plan, s):
     return _count(x, plan, src, dst, rounding, overflow)
