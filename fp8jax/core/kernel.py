@@ -30,7 +30,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from fp8jax.core import fusion, layout
+from fp8jax.core import layout
 from fp8jax.core.layout import BitLayout
 
 NEAREST = "nearest"
@@ -372,7 +372,7 @@ def _scaled_decode(bits: jax.Array, src: BitLayout, dst: BitLayout, scale: jax.A
   d = jnp.where(is_zero, _u32(0), m + (unit.astype(_u32) << _F32_MANTISSA_BITS))
   d = jnp.where(is_inf, inf, jnp.where(is_nan, _u32(layout.FLOAT32.nan_code), d))
 
-  s, down, s_int, s_unit = _lifted(scale, jnp.size(scale) * _FEW_SCALES <= bits.size)
+  s, down, s_int, s_unit = _lifted(scale)
 
   p = lax.bitcast_convert_type(
       lax.bitcast_convert_type(d, jnp.float32) * lax.bitcast_convert_type(s, jnp.float32), _u32)
@@ -395,33 +395,31 @@ def _scaled_decode(bits: jax.Array, src: BitLayout, dst: BitLayout, scale: jax.A
   return out
 
 
-# Scales this many times fewer than codes are prepared in a kernel of their own.
-_FEW_SCALES = 16
-
-
-def _lifted(scale: jax.Array, apart: bool):
+def _lifted(scale: jax.Array):
   """Per scale, for `_scaled_decode`: the scale's bits lifted (normal where finite
   and nonzero), the lift as a float32 exponent field, and the significand
-  (an integer below 2^24) and unit exponent of the lifted scale, unlifted."""
-  def prepare(scale):
-    s = lax.bitcast_convert_type(jnp.asarray(scale, jnp.float32), _u32)
-    mag = s & _u32(0x7FFFFFFF)
-    lift = (mag < _u32((_F32_BIAS - _LIFT) << _F32_MANTISSA_BITS)) & (mag != 0)
-    frac = mag & _u32((1 << _F32_MANTISSA_BITS) - 1)
-    # A subnormal's fraction as a float32 is exact and normal: frac * 2^-149 lifted.
-    sub = lax.bitcast_convert_type(frac.astype(_i32).astype(jnp.float32), _u32) - _u32(
-        (_F32_BIAS + _F32_MANTISSA_BITS - 1 - _LIFT) << _F32_MANTISSA_BITS)
-    up = jnp.where(mag < _u32(1 << _F32_MANTISSA_BITS), sub,
-                   mag + _u32(_LIFT << _F32_MANTISSA_BITS))
-    lifted = jnp.where(lift, up | (s & _u32(1 << 31)), s)
-    field = ((lifted & _u32(0x7FFFFFFF)) >> _F32_MANTISSA_BITS).astype(_i32)
-    s_int = jnp.where(mag == 0, _u32(0),
-                      (lifted & _u32((1 << _F32_MANTISSA_BITS) - 1)) | _u32(1 << _F32_MANTISSA_BITS))
-    s_unit = field - jnp.where(lift, _LIFT, 0) - (_F32_BIAS + _F32_MANTISSA_BITS)
-    down = jnp.where(lift, _u32(_LIFT << _F32_MANTISSA_BITS), _u32(0))
-    return lifted, down, s_int, s_unit
+  (an integer below 2^24) and unit exponent of the lifted scale, unlifted.
 
-  return fusion.apart(prepare, scale) if apart else prepare(scale)
+  A dozen integer operations, left to fuse into the elementwise loop: kept
+  apart, the four arrays of many small blocks (NVFP4's 16) cost XLA:CPU more
+  to write and read back than to recompute.
+  """
+  s = lax.bitcast_convert_type(jnp.asarray(scale, jnp.float32), _u32)
+  mag = s & _u32(0x7FFFFFFF)
+  lift = (mag < _u32((_F32_BIAS - _LIFT) << _F32_MANTISSA_BITS)) & (mag != 0)
+  frac = mag & _u32((1 << _F32_MANTISSA_BITS) - 1)
+  # A subnormal's fraction as a float32 is exact and normal: frac * 2^-149 lifted.
+  sub = lax.bitcast_convert_type(frac.astype(_i32).astype(jnp.float32), _u32) - _u32(
+      (_F32_BIAS + _F32_MANTISSA_BITS - 1 - _LIFT) << _F32_MANTISSA_BITS)
+  up = jnp.where(mag < _u32(1 << _F32_MANTISSA_BITS), sub,
+                 mag + _u32(_LIFT << _F32_MANTISSA_BITS))
+  lifted = jnp.where(lift, up | (s & _u32(1 << 31)), s)
+  field = ((lifted & _u32(0x7FFFFFFF)) >> _F32_MANTISSA_BITS).astype(_i32)
+  s_int = jnp.where(mag == 0, _u32(0),
+                    (lifted & _u32((1 << _F32_MANTISSA_BITS) - 1)) | _u32(1 << _F32_MANTISSA_BITS))
+  s_unit = field - jnp.where(lift, _LIFT, 0) - (_F32_BIAS + _F32_MANTISSA_BITS)
+  down = jnp.where(lift, _u32(_LIFT << _F32_MANTISSA_BITS), _u32(0))
+  return lifted, down, s_int, s_unit
 
 
 def _float32_to_bfloat16(bits: jax.Array) -> jax.Array:

@@ -107,7 +107,8 @@ def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
   src, kind = spec.format.bit_layout, spec.kind
   if kind == NVFP4.kind:
     bits = nvfp4.decoded_codes(bits, spec)
-    scale = nvfp4.block_multipliers(scale, tensor_scale, spec)
+    # Apart, or XLA redoes the multipliers' exact float32 arithmetic for every element.
+    scale = fusion.apart(lambda st: nvfp4.block_multipliers(*st, spec), (scale, tensor_scale))
   elif kind != MX.kind:  # MX codes stay e8m0: they decode as exponents (below)
     scale = scales.scale_f32(scale, kind)
   if kind == Static.kind:
