@@ -126,8 +126,8 @@ def _dequantize(bits, scale, tensor_scale, *, spec: QuantSpec, dtype, odd):
     return codec.decode_array(bits, src, dtype, scale=scale)
   view, inner = grouping.grouped(bits, axes, grouping.blocks_for(bits.shape, axes, block))
   if kind == MX.kind:
-    # A power of two: exponents move in 16-bit lanes, faster than the float32
-    # product (`benchmarks/phrasings.py`).
+    # A power of two: exponents move in 16-bit lanes, faster here than the float32
+    # product (docs/DESIGN.md §2).
     e = grouping.keepdims(scales.e8m0_exponent(scale), view.shape, inner)
     vals = codec.decode_array(view, src, dtype, pow2=e)
   else:
