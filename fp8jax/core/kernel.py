@@ -353,11 +353,11 @@ def _scaled_decode(bits: jax.Array, src: BitLayout, dst: BitLayout, scale: jax.A
 
   The same bits as the exact product (the float32 product, rounded once with
   gradual underflow, then cast), mostly from one float32 multiplication per
-  element: a decoded value (at most 8 significant bits) and a scale are
+  element: a decoded value (at most 7 significant bits) and a scale are
   normal floats, so their product is the correctly rounded IEEE one on every
   backend while it is normal. Scales below 2^-LIFT (float32 subnormals among
-  them, which CPUs read as zero) are lifted by 2^LIFT first, exactly and once
-  per scale, and the product comes back down by its exponent field. Where it
+  them, which CPUs read as zero) are lifted by 2^LIFT first, exactly
+  (`_lifted`), and the product comes back down by its exponent field. Where it
   lands below 2^-126 it is rounded onto float32's subnormal grid from the
   exact integer product of the significands instead (rounding the 24-bit
   float product again would round twice). Those float32 bits are then cast
