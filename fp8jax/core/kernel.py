@@ -334,6 +334,8 @@ def _widen(parts, src: BitLayout, dst: BitLayout, overflow: str) -> jax.Array:
 # A scale below 2^-LIFT is multiplied by 2^LIFT before it meets the values, so
 # that no product of `_scaled_decode` is a float32 subnormal (which CPUs flush).
 _LIFT = 64
+# float32's smallest subnormal is 2^_F32_TINIEST (-149): the unit of its subnormal grid.
+_F32_TINIEST = layout.FLOAT32.min_exponent - _F32_MANTISSA_BITS
 
 
 def hardware_product(src: BitLayout, dst: BitLayout, rounding: str, overflow: str) -> bool:
@@ -345,7 +347,7 @@ def hardware_product(src: BitLayout, dst: BitLayout, rounding: str, overflow: st
       or not exact_product(src) or not holds_every_value(src, layout.FLOAT32)):
     return False
   smallest = src.min_exponent - src.mantissa_bits
-  return smallest - 149 + _LIFT >= layout.FLOAT32.min_exponent
+  return smallest + _F32_TINIEST + _LIFT >= layout.FLOAT32.min_exponent
 
 
 def _scaled_decode(bits: jax.Array, src: BitLayout, dst: BitLayout, scale: jax.Array):
@@ -381,7 +383,7 @@ def _scaled_decode(bits: jax.Array, src: BitLayout, dst: BitLayout, scale: jax.A
   low = mag < down + _u32(1 << _F32_MANTISSA_BITS)
   # q * 2^-r, where the product is below 2^-126 (q >= 2^23, so r > 0 there).
   q = mant * s_int  # < 2^29: exact
-  r = jnp.clip((layout.FLOAT32.min_exponent - _F32_MANTISSA_BITS) - (unit + s_unit), 1, 31)
+  r = jnp.clip(_F32_TINIEST - (unit + s_unit), 1, 31)
   sub = _round_shift(q, r.astype(_u32), NEAREST, 1)
   out = jnp.where(mag >= inf, mag, jnp.where(low, sub, mag - down))
   # The sign as `_scale` gives it: a NaN input keeps its own.
@@ -410,7 +412,7 @@ def _lifted(scale: jax.Array):
   frac = mag & _u32((1 << _F32_MANTISSA_BITS) - 1)
   # A subnormal's fraction as a float32 is exact and normal: frac * 2^-149 lifted.
   sub = lax.bitcast_convert_type(frac.astype(_i32).astype(jnp.float32), _u32) - _u32(
-      (_F32_BIAS + _F32_MANTISSA_BITS - 1 - _LIFT) << _F32_MANTISSA_BITS)
+      -(_F32_TINIEST + _LIFT) << _F32_MANTISSA_BITS)
   up = jnp.where(mag < _u32(1 << _F32_MANTISSA_BITS), sub,
                  mag + _u32(_LIFT << _F32_MANTISSA_BITS))
   lifted = jnp.where(lift, up | (s & _u32(1 << 31)), s)
